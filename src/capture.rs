@@ -1,0 +1,436 @@
+//! Account-at-once capture. For each account, every mailbox's `dovecot-uidlist.lock` is taken
+//! with try-locks in sorted path order; if one is busy, all are released and the whole set is
+//! tried again after a jittered back-off, until `--lock-timeout`. maildirfs never waits on a
+//! lock while holding another, so it cannot deadlock with Dovecot or with itself.
+//!
+//! Under the locks, and only then, each mailbox's control files are read into memory and its
+//! `new/` and `cur/` are listed with the listing check: the directories' mtime and ctime (ns)
+//! must be the same before and after the listing, and no base name may appear twice. The
+//! lock does not stop deliveries (Dovecot's LDA try-locks and delivers anyway; Postfix and
+//! procmail never lock) nor MUAs that rename without a lock, so the check is what catches
+//! them. A listing that never settles keeps the union of base names seen.
+//!
+//! Everything else (stat, reading other files) happens in `freeze` after the locks are gone.
+//!
+//! Invariant: when `capture_account` returns, none of its locks is held.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::lock::{TryLock, UidlistLock, lock_content};
+use crate::maildir::Account;
+use crate::maildir::filename::base_name;
+use crate::maildir::names::{self, Place};
+use crate::sys;
+
+/// How many times a mailbox is listed before the listing check gives up and keeps the union.
+pub const MAX_LISTINGS: usize = 4;
+
+/// How capture treats locks.
+#[derive(Debug, Clone)]
+pub struct LockPolicy {
+    /// `--no-lock`: never take a lock.
+    pub no_lock: bool,
+    /// `--strict-lock`: an account whose locks cannot be had fails the capture.
+    pub strict: bool,
+    /// `--lock-timeout`: how long to keep retrying an account's lock set.
+    pub timeout: Duration,
+    /// Test-only: how long to keep the locks after listing (`MAILDIRFS_TEST_HOLD_MS`), so tests
+    /// can observe the held set and Dovecot waiting.
+    pub test_hold: Duration,
+}
+
+/// One entry of a `new/` or `cur/` listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub d_type: u8,
+}
+
+/// A control file as read under the lock.
+#[derive(Debug, Clone)]
+pub struct ControlFile {
+    pub name: Vec<u8>,
+    pub bytes: Arc<[u8]>,
+    pub stat: sys::Stat,
+}
+
+/// What was captured of one mailbox.
+#[derive(Debug, Clone, Default)]
+pub struct MailboxCapture {
+    pub control: Vec<ControlFile>,
+    pub new: Vec<Listed>,
+    pub cur: Vec<Listed>,
+    /// False when the listing never settled and the union of base names was kept.
+    pub settled: bool,
+}
+
+/// What was captured of one account.
+#[derive(Debug)]
+pub struct AccountCapture {
+    pub root: PathBuf,
+    /// Keyed by mailbox path relative to SOURCE.
+    pub mailboxes: HashMap<PathBuf, MailboxCapture>,
+    /// `None` when every lock was held during the listing; otherwise why not.
+    pub unlocked: Option<String>,
+    /// From the first lock taken to the last released, for the successful round.
+    pub lock_hold: Duration,
+}
+
+/// Set by a stop signal; capture checks it between tries and accounts and stops.
+pub static CANCEL: AtomicBool = AtomicBool::new(false);
+
+fn cancelled(source: &Path) -> Result<()> {
+    if CANCEL.load(Ordering::Relaxed) {
+        return Err(Error::msg("capture interrupted", source, "stop signal"));
+    }
+    Ok(())
+}
+
+/// Captures one account. `root` is an fd on SOURCE and `source` its path (for messages).
+pub fn capture_account(
+    root: BorrowedFd<'_>,
+    source: &Path,
+    account: &Account,
+    policy: &LockPolicy,
+) -> Result<AccountCapture> {
+    // Open every mailbox directory once; the locks and listings all go through these fds.
+    let mut dirs = Vec::with_capacity(account.mailboxes.len());
+    for rel in &account.mailboxes {
+        match sys::open_beneath(root, rel.as_os_str(), libc::O_RDONLY | libc::O_DIRECTORY) {
+            Ok(fd) => dirs.push((rel.clone(), Arc::new(fd))),
+            Err(e) => log::warn!(
+                "mailbox {} vanished before capture: {e}",
+                crate::error::escape_path(&source.join(rel))
+            ),
+        }
+    }
+    let deadline = Instant::now() + policy.timeout;
+    let content = lock_content();
+    let mut rng = Jitter::new();
+    let mut backoff = Duration::from_millis(10);
+    let mut why_unlocked: Option<String> = policy.no_lock.then(|| "--no-lock given".to_owned());
+    while why_unlocked.is_none() {
+        cancelled(source)?;
+        match lock_all(&dirs, source, &content) {
+            Ok(LockRound::All(locks)) => {
+                let started = Instant::now();
+                let listed = list_all(&dirs, source);
+                if !policy.test_hold.is_zero() {
+                    hold_for_test(policy.test_hold, source)?;
+                }
+                let lost: Vec<&UidlistLock> = locks.iter().filter(|l| !l.is_ours()).collect();
+                if let Some(l) = lost.first() {
+                    log::warn!(
+                        "lock {} was overridden during capture; capturing the account again",
+                        crate::error::escape_path(l.path())
+                    );
+                    if Instant::now() >= deadline {
+                        why_unlocked = Some(format!(
+                            "lock {} kept being overridden",
+                            crate::error::escape_path(l.path())
+                        ));
+                    }
+                    drop(locks);
+                } else {
+                    drop(locks);
+                    let lock_hold = started.elapsed();
+                    return Ok(AccountCapture {
+                        root: account.root.clone(),
+                        mailboxes: listed?,
+                        unlocked: None,
+                        lock_hold,
+                    });
+                }
+            }
+            Ok(LockRound::Busy(who)) => {
+                if Instant::now() >= deadline {
+                    why_unlocked = Some(format!(
+                        "lock busy for {} s: {}",
+                        policy.timeout.as_secs(),
+                        who
+                    ));
+                }
+            }
+            Err(e) => why_unlocked = Some(e.to_string()),
+        }
+        if why_unlocked.is_none() {
+            // Release-all, then back off with jitter so two lockers do not stay in step.
+            let sleep = rng
+                .around(backoff)
+                .min(deadline.saturating_duration_since(Instant::now()));
+            std::thread::sleep(sleep);
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+    let why = why_unlocked.unwrap_or_default();
+    let where_ = source.join(&account.root);
+    if policy.strict {
+        return Err(Error::msg("cannot lock account", where_, why));
+    }
+    if !policy.no_lock {
+        log::warn!(
+            "capturing {} without its locks: {why}",
+            crate::error::escape_path(&where_)
+        );
+    }
+    Ok(AccountCapture {
+        root: account.root.clone(),
+        mailboxes: list_all(&dirs, source)?,
+        unlocked: Some(why),
+        lock_hold: Duration::ZERO,
+    })
+}
+
+enum LockRound {
+    All(Vec<UidlistLock>),
+    Busy(String),
+}
+
+/// One round: try-lock every mailbox in order; on the first busy one, release all.
+fn lock_all(dirs: &[(PathBuf, Arc<OwnedFd>)], source: &Path, content: &str) -> Result<LockRound> {
+    let mut held = Vec::with_capacity(dirs.len());
+    for (rel, fd) in dirs {
+        match UidlistLock::try_lock(fd, &source.join(rel), content)? {
+            TryLock::Locked(l) => held.push(l),
+            TryLock::Busy(who) => {
+                let path = source.join(rel).join(names::UIDLIST_LOCK);
+                return Ok(LockRound::Busy(format!(
+                    "{} {who}",
+                    crate::error::escape_path(&path)
+                )));
+            }
+        }
+    }
+    Ok(LockRound::All(held))
+}
+
+fn list_all(
+    dirs: &[(PathBuf, Arc<OwnedFd>)],
+    source: &Path,
+) -> Result<HashMap<PathBuf, MailboxCapture>> {
+    let mut out = HashMap::with_capacity(dirs.len());
+    for (rel, fd) in dirs {
+        match capture_mailbox(fd.as_fd(), &source.join(rel)) {
+            Ok(m) => {
+                out.insert(rel.clone(), m);
+            }
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+    Ok(out)
+}
+
+fn hold_for_test(hold: Duration, source: &Path) -> Result<()> {
+    let end = Instant::now() + hold;
+    while Instant::now() < end {
+        cancelled(source)?;
+        std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+    }
+    Ok(())
+}
+
+/// Reads the control files and lists `new/` and `cur/` of the mailbox open at `dir` (whose
+/// path is `path`), with the listing check. Called under the mailbox's lock where there is one.
+pub fn capture_mailbox(dir: BorrowedFd<'_>, path: &Path) -> Result<MailboxCapture> {
+    let new = sys::open_dir_at(dir, OsStr::from_bytes(names::NEW))
+        .map_err(|e| Error::io("cannot open", path.join("new"), e))?;
+    let cur = sys::open_dir_at(dir, OsStr::from_bytes(names::CUR))
+        .map_err(|e| Error::io("cannot open", path.join("cur"), e))?;
+    let control = read_control_files(dir, path);
+    let mut union: HashMap<Vec<u8>, (bool, Listed)> = HashMap::new();
+    for _ in 0..MAX_LISTINGS {
+        let before = (dir_stamp(&new, path)?, dir_stamp(&cur, path)?);
+        let n = list_messages(&new, &path.join("new"))?;
+        let c = list_messages(&cur, &path.join("cur"))?;
+        let after = (dir_stamp(&new, path)?, dir_stamp(&cur, path)?);
+        let unique = unique_bases(&n, &c);
+        if before == after && unique {
+            return Ok(MailboxCapture {
+                control,
+                new: n,
+                cur: c,
+                settled: true,
+            });
+        }
+        log::debug!(
+            "{} changed during its listing; listing again",
+            crate::error::escape_path(path)
+        );
+        for (in_cur, l) in n
+            .into_iter()
+            .map(|l| (false, l))
+            .chain(c.into_iter().map(|l| (true, l)))
+        {
+            union.insert(base_name(&l.name).to_vec(), (in_cur, l));
+        }
+    }
+    log::warn!(
+        "{} kept changing during {MAX_LISTINGS} listings; keeping every message seen",
+        crate::error::escape_path(path)
+    );
+    let (mut new_l, mut cur_l) = (Vec::new(), Vec::new());
+    for (_, (in_cur, l)) in union {
+        if in_cur { cur_l.push(l) } else { new_l.push(l) }
+    }
+    Ok(MailboxCapture {
+        control,
+        new: new_l,
+        cur: cur_l,
+        settled: false,
+    })
+}
+
+/// A directory's change stamp: (ino, mtime, ctime) in ns.
+fn dir_stamp(fd: &OwnedFd, path: &Path) -> Result<(u64, i64, i64, i64, i64)> {
+    let st = sys::fstat(fd.as_fd()).map_err(|e| Error::io("cannot stat", path, e))?;
+    Ok((
+        st.st_ino,
+        st.st_mtime,
+        st.st_mtime_nsec,
+        st.st_ctime,
+        st.st_ctime_nsec,
+    ))
+}
+
+/// The entries of a `new/` or `cur/` that the image shows (no dotfiles, no directories).
+fn list_messages(fd: &OwnedFd, path: &Path) -> Result<Vec<Listed>> {
+    let entries = sys::read_dir(fd.as_fd()).map_err(|e| Error::io("cannot list", path, e))?;
+    Ok(entries
+        .into_iter()
+        .filter(|e| {
+            !names::is_hidden(&e.name, Place::MessageDir, false) && e.d_type != libc::DT_DIR
+        })
+        .map(|e| Listed {
+            name: e.name,
+            ino: e.ino,
+            d_type: e.d_type,
+        })
+        .collect())
+}
+
+/// Whether no base name appears twice across `new/` and `cur/`.
+pub fn unique_bases(new: &[Listed], cur: &[Listed]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(new.len() + cur.len());
+    new.iter()
+        .chain(cur)
+        .all(|l| seen.insert(base_name(&l.name)))
+}
+
+fn read_control_files(dir: BorrowedFd<'_>, path: &Path) -> Vec<ControlFile> {
+    let mut out = Vec::new();
+    for name in names::CONTROL_FILES {
+        let fd = match sys::openat(dir, OsStr::from_bytes(name), libc::O_RDONLY) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => {
+                log::warn!(
+                    "cannot read {}: {e}",
+                    crate::error::escape_path(&path.join(OsStr::from_bytes(name)))
+                );
+                continue;
+            }
+        };
+        let read = sys::fstat(fd.as_fd()).and_then(|stat| {
+            if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            let mut bytes = Vec::with_capacity(stat.st_size.max(0) as usize);
+            std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes)?;
+            Ok((stat, bytes))
+        });
+        match read {
+            Ok((stat, bytes)) => out.push(ControlFile {
+                name: name.to_vec(),
+                bytes: bytes.into(),
+                stat,
+            }),
+            Err(e) => log::warn!(
+                "cannot read {}: {e}",
+                crate::error::escape_path(&path.join(OsStr::from_bytes(name)))
+            ),
+        }
+    }
+    out
+}
+
+/// A small xorshift generator for back-off jitter; it needs no quality, only variety between
+/// processes, so it is seeded from the clock and the pid.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Jitter(t ^ ((sys::getpid() as u64) << 32) | 1)
+    }
+
+    /// A duration uniformly in [d/2, 3d/2).
+    fn around(&mut self, d: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let ns = d.as_nanos() as u64;
+        Duration::from_nanos(ns / 2 + self.0 % ns.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn l(name: &str) -> Listed {
+        Listed {
+            name: name.as_bytes().to_vec(),
+            ino: 1,
+            d_type: libc::DT_REG,
+        }
+    }
+
+    #[test]
+    fn base_names_must_be_unique_across_new_and_cur() {
+        assert!(unique_bases(&[l("a")], &[l("b:2,S")]));
+        assert!(!unique_bases(&[l("a")], &[l("a:2,S")]));
+        assert!(!unique_bases(&[], &[l("a:2,"), l("a:2,S")]));
+    }
+
+    #[test]
+    fn captures_listing_and_control_files() {
+        let t = crate::testutil::TempDir::new("capture");
+        for d in ["cur", "new", "tmp"] {
+            fs::create_dir(t.path().join(d)).unwrap();
+        }
+        fs::write(t.path().join("new/1.a"), "x").unwrap();
+        fs::write(t.path().join("cur/2.b:2,S"), "y").unwrap();
+        fs::write(t.path().join("cur/.hidden"), "z").unwrap();
+        fs::write(t.path().join("dovecot-uidlist"), "3 V1 N3\n1 :1.a\n").unwrap();
+        let fd = fs::File::open(t.path()).unwrap();
+        let m = capture_mailbox(fd.as_fd(), t.path()).unwrap();
+        assert!(m.settled);
+        assert_eq!(m.new.len(), 1);
+        assert_eq!(m.cur.len(), 1);
+        assert_eq!(m.cur[0].name, b"2.b:2,S");
+        assert_eq!(m.control.len(), 1);
+        assert_eq!(&*m.control[0].bytes, b"3 V1 N3\n1 :1.a\n");
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let mut j = Jitter::new();
+        for _ in 0..1000 {
+            let d = j.around(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(50) && d < Duration::from_millis(150));
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! Freeze: turn the captured listings into the immutable [`Snapshot`], after every lock is
+//! released. This is where files are `lstat`ed, symlink targets read, and the rest of the tree
+//! (directories that are not mailboxes, index files, sieve scripts, ...) walked.
+//!
+//! What the image shows (spec 2.2): the same relative paths and byte names as SOURCE; in each
+//! mailbox `cur/` and `new/` exactly as listed under the lock, `tmp/` empty, control files as
+//! the bytes read under the lock; lock and temp files hidden; symlinks as symlinks; FIFOs,
+//! sockets and devices left out; other filesystems not entered.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::capture::{self, AccountCapture, Listed, MailboxCapture};
+use crate::error::{Error, Result, escape_path};
+use crate::maildir::discover::is_mailbox;
+use crate::maildir::filename::base_name;
+use crate::maildir::names::{self, Place};
+use crate::snapshot::{
+    Attr, Builder, Ino, NewContent, NewKind, NewNode, NodeIdx, Snapshot, Stamp, Totals,
+};
+use crate::sys;
+
+/// What freeze noticed, for the summary and the log.
+#[derive(Debug, Default, Clone)]
+pub struct FreezeReport {
+    /// Mailboxes found by the walk that discovery had not seen (created meanwhile); they were
+    /// captured without a lock.
+    pub late_mailboxes: Vec<PathBuf>,
+    /// Messages listed under the lock but gone (expunged) before they could be `lstat`ed.
+    pub vanished: usize,
+    /// FIFOs, sockets and device nodes left out.
+    pub special_files: usize,
+    /// Directories on another filesystem, not entered.
+    pub skipped_mounts: Vec<PathBuf>,
+}
+
+/// Builds the snapshot of the tree at `root` (SOURCE, path `source`) from the accounts'
+/// captures.
+pub fn freeze(
+    root: BorrowedFd<'_>,
+    source: &Path,
+    captures: Vec<AccountCapture>,
+    exclude_indexes: bool,
+) -> Result<(Snapshot, FreezeReport)> {
+    let root_st = sys::fstat(root).map_err(|e| Error::io("cannot stat source", source, e))?;
+    let mut totals = Totals {
+        accounts: captures.len(),
+        ..Totals::default()
+    };
+    let mut mailboxes: HashMap<PathBuf, MailboxCapture> = HashMap::new();
+    for a in captures {
+        mailboxes.extend(a.mailboxes);
+    }
+    let mut f = Freezer {
+        root,
+        source,
+        dev: root_st.st_dev,
+        exclude_indexes,
+        mailboxes,
+        builder: Builder::new(attr_of(&root_st), root_st.st_dev),
+        report: FreezeReport::default(),
+        totals: &mut totals,
+    };
+    let root_dup = root
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("cannot open source", source, e))?;
+    let mut queue = std::collections::VecDeque::new();
+    queue.push_back(Pending {
+        node: NodeIdx::ROOT,
+        fd: root_dup,
+        rel: PathBuf::new(),
+        role: Role::Plain,
+    });
+    while let Some(p) = queue.pop_front() {
+        for next in f.fill(p)? {
+            queue.push_back(next);
+        }
+    }
+    let report = f.report;
+    let snap = f.builder.finish(totals);
+    Ok((snap, report))
+}
+
+/// A directory whose children are still to be added.
+struct Pending {
+    node: NodeIdx,
+    fd: OwnedFd,
+    rel: PathBuf,
+    role: Role,
+}
+
+#[derive(Clone)]
+enum Role {
+    /// Any directory that is not part of a mailbox's cur/new/tmp.
+    Plain,
+    /// `cur/` or `new/` of the mailbox at the given path.
+    Messages { mailbox: PathBuf, cur: bool },
+    /// `tmp/`: always shown empty.
+    Tmp,
+}
+
+struct Freezer<'a> {
+    root: BorrowedFd<'a>,
+    source: &'a Path,
+    dev: u64,
+    exclude_indexes: bool,
+    mailboxes: HashMap<PathBuf, MailboxCapture>,
+    builder: Builder,
+    report: FreezeReport,
+    totals: &'a mut Totals,
+}
+
+impl Freezer<'_> {
+    /// Adds the children of one directory; returns the subdirectories to fill next.
+    fn fill(&mut self, p: Pending) -> Result<Vec<Pending>> {
+        match p.role.clone() {
+            Role::Tmp => {
+                self.builder.add_children(p.node, Vec::new());
+                Ok(Vec::new())
+            }
+            Role::Messages { mailbox, cur } => {
+                self.fill_messages(&p, &mailbox, cur);
+                Ok(Vec::new())
+            }
+            Role::Plain => self.fill_plain(p),
+        }
+    }
+
+    fn fill_plain(&mut self, p: Pending) -> Result<Vec<Pending>> {
+        let entries = match sys::read_dir(p.fd.as_fd()) {
+            Ok(e) => e,
+            Err(e) if p.node == NodeIdx::ROOT => {
+                return Err(Error::io("cannot read source", self.source, e));
+            }
+            Err(e) => {
+                log::warn!("cannot list {}: {e}; shown empty", self.show(&p.rel));
+                self.builder.add_children(p.node, Vec::new());
+                return Ok(Vec::new());
+            }
+        };
+        let mailbox = is_mailbox(p.fd.as_fd(), &entries);
+        if mailbox && !self.mailboxes.contains_key(&p.rel) {
+            // Created after discovery: capture it now, without a lock.
+            log::warn!(
+                "mailbox {} appeared during capture; captured without its lock",
+                self.show(&p.rel)
+            );
+            let m = capture::capture_mailbox(p.fd.as_fd(), &self.source.join(&p.rel))?;
+            self.mailboxes.insert(p.rel.clone(), m);
+            self.report.late_mailboxes.push(p.rel.clone());
+        }
+        if mailbox {
+            self.totals.mailboxes += 1;
+        }
+        let place = if mailbox {
+            Place::MailboxDir
+        } else {
+            Place::Other
+        };
+        let mut children = Vec::with_capacity(entries.len());
+        let mut roles: HashMap<Vec<u8>, Role> = HashMap::new();
+        let mut has_tmp = false;
+        for entry in entries {
+            let name = entry.name;
+            let special =
+                mailbox && (name == names::CUR || name == names::NEW || name == names::TMP);
+            if !special && names::is_hidden(&name, place, self.exclude_indexes) {
+                continue;
+            }
+            if mailbox && names::is_control_file(&name) {
+                // Served as read under the lock; one that appeared later is not in the image.
+                if let Some(c) = self.mailboxes[&p.rel]
+                    .control
+                    .iter()
+                    .find(|c| c.name == name)
+                {
+                    children.push(NewNode {
+                        kind: NewKind::File(NewContent::Inline(c.bytes.clone())),
+                        attr: Attr {
+                            size: c.bytes.len() as u64,
+                            ..attr_of(&c.stat)
+                        },
+                        name,
+                    });
+                }
+                continue;
+            }
+            let st = match sys::lstat_at(p.fd.as_fd(), OsStr::from_bytes(&name)) {
+                Ok(st) => st,
+                Err(e) => {
+                    log::warn!(
+                        "cannot stat {}: {e}",
+                        self.show(&p.rel.join(OsStr::from_bytes(&name)))
+                    );
+                    continue;
+                }
+            };
+            if special {
+                if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                    continue;
+                }
+                let role = if name == names::TMP {
+                    has_tmp = true;
+                    Role::Tmp
+                } else {
+                    Role::Messages {
+                        mailbox: p.rel.clone(),
+                        cur: name == names::CUR,
+                    }
+                };
+                roles.insert(name.clone(), role);
+            }
+            if let Some(n) = self.new_node(p.fd.as_fd(), &p.rel, name, &st) {
+                children.push(n);
+            }
+        }
+        if mailbox && !has_tmp {
+            // Every mailbox shows a tmp/ so a restore is a valid Maildir; this one's source has
+            // none, so it gets cur/'s attributes and a synthetic inode.
+            if let Some(cur) = children.iter().find(|c| c.name == names::CUR) {
+                let mut attr = cur.attr;
+                attr.ino = Ino(0);
+                children.push(NewNode {
+                    name: names::TMP.to_vec(),
+                    kind: NewKind::Dir,
+                    attr,
+                });
+                roles.insert(names::TMP.to_vec(), Role::Tmp);
+            }
+        }
+        let placed = self.builder.add_children(p.node, children);
+        let mut next = Vec::new();
+        for idx in placed {
+            if !matches!(
+                self.builder.node(idx).kind,
+                crate::snapshot::Kind::Dir { .. }
+            ) {
+                continue;
+            }
+            let name = self.builder.name(idx).to_vec();
+            let rel = p.rel.join(OsStr::from_bytes(&name));
+            let role = roles.remove(&name).unwrap_or(Role::Plain);
+            let fd = match role {
+                // A synthetic tmp/ has no directory to open; it has no children either.
+                Role::Tmp => {
+                    self.builder.add_children(idx, Vec::new());
+                    continue;
+                }
+                _ => match sys::open_dir_at(p.fd.as_fd(), OsStr::from_bytes(&name)) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        log::warn!("cannot open {}: {e}; shown empty", self.show(&rel));
+                        self.builder.add_children(idx, Vec::new());
+                        continue;
+                    }
+                },
+            };
+            next.push(Pending {
+                node: idx,
+                fd,
+                rel,
+                role,
+            });
+        }
+        Ok(next)
+    }
+
+    /// A node for an entry of a plain or mailbox directory, or `None` if it is left out.
+    fn new_node(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        rel: &Path,
+        name: Vec<u8>,
+        st: &sys::Stat,
+    ) -> Option<NewNode> {
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                if st.st_dev != self.dev {
+                    let path = rel.join(OsStr::from_bytes(&name));
+                    log::warn!(
+                        "not entering {}: another filesystem is mounted there",
+                        self.show(&path)
+                    );
+                    self.report.skipped_mounts.push(path);
+                    return None;
+                }
+                NewKind::Dir
+            }
+            libc::S_IFREG => {
+                self.totals.bytes += st.st_size as u64;
+                NewKind::File(NewContent::Source)
+            }
+            libc::S_IFLNK => match sys::readlink_at(dir, OsStr::from_bytes(&name)) {
+                Ok(target) => NewKind::Symlink(target),
+                Err(e) => {
+                    log::warn!(
+                        "cannot read link {}: {e}",
+                        self.show(&rel.join(OsStr::from_bytes(&name)))
+                    );
+                    return None;
+                }
+            },
+            _ => {
+                log::info!(
+                    "left out special file {}",
+                    self.show(&rel.join(OsStr::from_bytes(&name)))
+                );
+                self.report.special_files += 1;
+                return None;
+            }
+        };
+        Some(NewNode {
+            name,
+            kind,
+            attr: attr_of(st),
+        })
+    }
+
+    /// Adds the messages of a `cur/` or `new/` as listed under the lock.
+    fn fill_messages(&mut self, p: &Pending, mailbox: &Path, cur: bool) {
+        let Some(m) = self.mailboxes.get(mailbox) else {
+            self.builder.add_children(p.node, Vec::new());
+            return;
+        };
+        let listed: Vec<Listed> = if cur { m.cur.clone() } else { m.new.clone() };
+        let mut children = Vec::with_capacity(listed.len());
+        let mut relisted: Option<Vec<(OwnedFd, Vec<sys::DirEntry>)>> = None;
+        for l in listed {
+            let st = match sys::lstat_at(p.fd.as_fd(), OsStr::from_bytes(&l.name)) {
+                Ok(st) => Some(st),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    // Renamed (flags, new -> cur) since the listing: same base name, same inode.
+                    let found = self.find_renamed(mailbox, &l, &mut relisted);
+                    if found.is_none() {
+                        log::warn!(
+                            "message {} was expunged before it could be frozen",
+                            self.show(&p.rel.join(OsStr::from_bytes(&l.name)))
+                        );
+                        self.report.vanished += 1;
+                    }
+                    found
+                }
+                Err(e) => {
+                    log::warn!(
+                        "cannot stat {}: {e}",
+                        self.show(&p.rel.join(OsStr::from_bytes(&l.name)))
+                    );
+                    None
+                }
+            };
+            let Some(st) = st else { continue };
+            let kind = match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG => NewKind::File(NewContent::Message),
+                libc::S_IFLNK => match sys::readlink_at(p.fd.as_fd(), OsStr::from_bytes(&l.name)) {
+                    Ok(t) => NewKind::Symlink(t),
+                    Err(_) => continue,
+                },
+                _ => {
+                    self.report.special_files += 1;
+                    continue;
+                }
+            };
+            if matches!(kind, NewKind::File(_)) {
+                self.totals.messages += 1;
+                self.totals.bytes += st.st_size as u64;
+            }
+            children.push(NewNode {
+                name: l.name,
+                kind,
+                attr: attr_of(&st),
+            });
+        }
+        self.builder.add_children(p.node, children);
+    }
+
+    /// Finds a message listed as `l` under its current name in `cur/` or `new/`.
+    fn find_renamed(
+        &self,
+        mailbox: &Path,
+        l: &Listed,
+        relisted: &mut Option<Vec<(OwnedFd, Vec<sys::DirEntry>)>>,
+    ) -> Option<sys::Stat> {
+        if relisted.is_none() {
+            let mut dirs = Vec::new();
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+            if let Ok(mfd) = sys::open_beneath(self.root, mailbox.as_os_str(), flags) {
+                for sub in [names::CUR, names::NEW] {
+                    if let Ok(fd) = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(sub))
+                        && let Ok(entries) = sys::read_dir(fd.as_fd())
+                    {
+                        dirs.push((fd, entries));
+                    }
+                }
+            }
+            *relisted = Some(dirs);
+        }
+        let base = base_name(&l.name);
+        for (fd, entries) in relisted.as_ref()? {
+            for e in entries {
+                if e.ino == l.ino
+                    && base_name(&e.name) == base
+                    && let Ok(st) = sys::lstat_at(fd.as_fd(), OsStr::from_bytes(&e.name))
+                    && st.st_ino == l.ino
+                {
+                    return Some(st);
+                }
+            }
+        }
+        None
+    }
+
+    fn show(&self, rel: &Path) -> String {
+        escape_path(&self.source.join(rel))
+    }
+}
+
+/// The captured attributes of a `stat`.
+pub fn attr_of(st: &sys::Stat) -> Attr {
+    Attr {
+        ino: Ino(st.st_ino),
+        size: st.st_size.max(0) as u64,
+        blocks: st.st_blocks.max(0) as u64,
+        atime: stamp(st.st_atime, st.st_atime_nsec),
+        mtime: stamp(st.st_mtime, st.st_mtime_nsec),
+        ctime: stamp(st.st_ctime, st.st_ctime_nsec),
+        perm: (st.st_mode & 0o7777) as u16,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        nlink: 1,
+    }
+}
+
+fn stamp(sec: i64, nsec: i64) -> Stamp {
+    Stamp {
+        sec,
+        nsec: nsec.clamp(0, 999_999_999) as u32,
+    }
+}

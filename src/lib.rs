@@ -1,0 +1,45 @@
+//! maildirfs captures a live Maildir tree under Dovecot's locks and serves the captured image
+//! as a frozen, read-only FUSE filesystem, so that rsync, restic, borg or tar copy one
+//! consistent instant of every account while Dovecot, Postfix and mail clients keep working.
+//!
+//! The data flows one way: **discover** the accounts and mailboxes under SOURCE
+//! ([`maildir::discover`]), **lock** every mailbox of an account at once with Dovecot's
+//! `dovecot-uidlist.lock` ([`lock`]), **capture** control files and the `new/`/`cur/` listings
+//! under those locks with a listing check ([`capture`]), **freeze** the rest of the tree into
+//! an immutable [`snapshot::Snapshot`] after the locks are released ([`freeze`]), and
+//! **serve** it read-only over FUSE ([`fs`], reading bytes through [`source`]).
+//!
+//! # Layout
+//! - `maildir/`: filename grammar, names to hide, control files, discovery.
+//! - `lock.rs`: the Dovecot dotlock as an RAII guard.
+//! - `capture.rs`: account-at-once capture and the listing check.
+//! - `freeze.rs`: builds the snapshot after the locks are gone.
+//! - `snapshot.rs`: the immutable image (no I/O).
+//! - `source.rs`: opening captured files in SOURCE safely, re-finding renamed messages.
+//! - `fs.rs`: the thin `fuser::Filesystem` adapter.
+//! - `mount.rs`, `daemon.rs`, `umount.rs`, `runtime.rs`: the commands, detaching, state files.
+//! - `options.rs`, `logging.rs`, `error.rs`: options, log sinks, the error type.
+//! - `sys.rs`: the only `unsafe`.
+#![deny(unsafe_code)]
+
+pub mod capture;
+pub mod daemon;
+pub mod error;
+pub mod freeze;
+pub mod fs;
+pub mod lock;
+pub mod logging;
+pub mod maildir;
+pub mod mount;
+pub mod options;
+pub mod runtime;
+pub mod snapshot;
+pub mod source;
+pub mod sys;
+pub mod umount;
+
+#[cfg(test)]
+mod testutil;
+
+pub use error::{Error, Result};
+pub use options::MountOptions;

@@ -1,0 +1,246 @@
+//! Finds the accounts and mailboxes of a tree. A *mailbox* is a directory with `cur/` and
+//! `new/` subdirectories; an *account* is a mailbox not inside another mailbox, together with
+//! every mailbox below it (Maildir++ `.Folder` directories and LAYOUT=fs subfolders).
+//!
+//! The walk opens each directory relative to its parent with `O_NOFOLLOW`, so it never leaves
+//! SOURCE through a symlink, and it stays on SOURCE's filesystem (like `rsync -x`), recording
+//! the mount points it did not enter.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::maildir::names::{self, Place};
+use crate::sys;
+
+/// One account: a top-level mailbox and the mailboxes below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Path of the account's root mailbox relative to SOURCE (empty when SOURCE is a Maildir).
+    pub root: PathBuf,
+    /// Every mailbox of the account relative to SOURCE, the root first, sorted by path bytes:
+    /// the order in which their locks are taken.
+    pub mailboxes: Vec<PathBuf>,
+}
+
+/// What the walk found.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    pub accounts: Vec<Account>,
+    /// Directories under SOURCE on another filesystem, not entered.
+    pub skipped_mounts: Vec<PathBuf>,
+}
+
+impl Discovery {
+    pub fn mailbox_count(&self) -> usize {
+        self.accounts.iter().map(|a| a.mailboxes.len()).sum()
+    }
+}
+
+/// Walks the tree under `root` (an fd on SOURCE; `source` is only for messages).
+pub fn discover(root: BorrowedFd<'_>, source: &Path, exclude_indexes: bool) -> Result<Discovery> {
+    let root_dev = sys::fstat(root)
+        .map_err(|e| Error::io("cannot stat source", source, e))?
+        .st_dev;
+    let mut walk = Walk {
+        source,
+        root_dev,
+        exclude_indexes,
+        out: Discovery::default(),
+    };
+    walk.visit(root, PathBuf::new(), None)?;
+    for account in &mut walk.out.accounts {
+        account
+            .mailboxes
+            .sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+    }
+    walk.out.accounts.sort_by(|a, b| {
+        a.root
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.root.as_os_str().as_bytes())
+    });
+    Ok(walk.out)
+}
+
+struct Walk<'a> {
+    source: &'a Path,
+    root_dev: u64,
+    exclude_indexes: bool,
+    out: Discovery,
+}
+
+impl Walk<'_> {
+    /// Visits the directory `dir` at `rel`; `account` is the index of the account it lies in.
+    fn visit(&mut self, dir: BorrowedFd<'_>, rel: PathBuf, account: Option<usize>) -> Result<()> {
+        let entries = match sys::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if rel.as_os_str().is_empty() => {
+                return Err(Error::io("cannot read source", self.source, e));
+            }
+            Err(e) => {
+                log::warn!("skipped unreadable directory {}: {e}", self.show(&rel));
+                return Ok(());
+            }
+        };
+        let mailbox = is_mailbox(dir, &entries);
+        let account = if mailbox {
+            let idx = account.unwrap_or_else(|| {
+                self.out.accounts.push(Account {
+                    root: rel.clone(),
+                    mailboxes: Vec::new(),
+                });
+                self.out.accounts.len() - 1
+            });
+            self.out.accounts[idx].mailboxes.push(rel.clone());
+            Some(idx)
+        } else {
+            account
+        };
+        let place = if mailbox {
+            Place::MailboxDir
+        } else {
+            Place::Other
+        };
+        for entry in &entries {
+            let name = entry.name.as_slice();
+            if mailbox && (name == names::CUR || name == names::NEW || name == names::TMP) {
+                continue;
+            }
+            if names::is_hidden(name, place, self.exclude_indexes) {
+                continue;
+            }
+            if !entry_is_dir(dir, entry) {
+                continue;
+            }
+            let child_rel = rel.join(OsStr::from_bytes(name));
+            let child = match sys::open_dir_at(dir, OsStr::from_bytes(name)) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    log::warn!("skipped directory {}: {e}", self.show(&child_rel));
+                    continue;
+                }
+            };
+            if !self.same_fs(&child, &child_rel) {
+                continue;
+            }
+            self.visit(child.as_fd(), child_rel, account)?;
+        }
+        Ok(())
+    }
+
+    fn same_fs(&mut self, fd: &OwnedFd, rel: &Path) -> bool {
+        match sys::fstat(fd.as_fd()) {
+            Ok(st) if st.st_dev == self.root_dev => true,
+            Ok(_) => {
+                log::warn!(
+                    "not entering {}: another filesystem is mounted there",
+                    self.show(rel)
+                );
+                self.out.skipped_mounts.push(rel.to_path_buf());
+                false
+            }
+            Err(e) => {
+                log::warn!("skipped directory {}: {e}", self.show(rel));
+                false
+            }
+        }
+    }
+
+    fn show(&self, rel: &Path) -> String {
+        crate::error::escape_path(&self.source.join(rel))
+    }
+}
+
+/// Whether a directory with these entries is a mailbox: it has `cur/` and `new/` directories.
+pub fn is_mailbox(dir: BorrowedFd<'_>, entries: &[sys::DirEntry]) -> bool {
+    let has = |want: &[u8]| {
+        entries
+            .iter()
+            .any(|e| e.name == want && entry_is_dir(dir, e))
+    };
+    has(names::CUR) && has(names::NEW)
+}
+
+/// Whether a directory entry is a directory, from `d_type` or, where the filesystem does not
+/// fill it, from `lstat`.
+pub fn entry_is_dir(dir: BorrowedFd<'_>, entry: &sys::DirEntry) -> bool {
+    match entry.d_type {
+        libc::DT_DIR => true,
+        libc::DT_UNKNOWN => sys::lstat_at(dir, OsStr::from_bytes(&entry.name))
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn mkbox(p: &Path) {
+        for d in ["cur", "new", "tmp"] {
+            fs::create_dir_all(p.join(d)).unwrap();
+        }
+    }
+
+    fn rels(v: &[PathBuf]) -> Vec<String> {
+        v.iter().map(|p| p.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn finds_accounts_maildirplusplus_and_layout_fs() {
+        let t = crate::testutil::TempDir::new("discover");
+        let root = t.path();
+        // A virtual-users tree: two accounts with Maildir++ folders, one with LAYOUT=fs.
+        mkbox(&root.join("example.org/alice/Maildir"));
+        mkbox(&root.join("example.org/alice/Maildir/.Sent"));
+        mkbox(&root.join("example.org/alice/Maildir/.Lists.rust"));
+        mkbox(&root.join("example.org/alice/Maildir/..DOVECOT-TRASHED"));
+        mkbox(&root.join("example.org/bob/mail"));
+        mkbox(&root.join("example.org/bob/mail/Archive/2024"));
+        fs::create_dir_all(root.join("example.org/bob/mail/Archive/notes")).unwrap();
+        fs::create_dir_all(root.join("example.org/carol/sieve")).unwrap();
+        let fd = fs::File::open(root).unwrap();
+        let d = discover(fd.as_fd(), root, false).unwrap();
+        assert_eq!(d.accounts.len(), 2);
+        assert_eq!(d.accounts[0].root, Path::new("example.org/alice/Maildir"));
+        assert_eq!(
+            rels(&d.accounts[0].mailboxes),
+            [
+                "example.org/alice/Maildir",
+                "example.org/alice/Maildir/.Lists.rust",
+                "example.org/alice/Maildir/.Sent"
+            ]
+        );
+        assert_eq!(
+            rels(&d.accounts[1].mailboxes),
+            ["example.org/bob/mail", "example.org/bob/mail/Archive/2024"]
+        );
+        assert_eq!(d.mailbox_count(), 5);
+    }
+
+    #[test]
+    fn source_may_be_one_maildir() {
+        let t = crate::testutil::TempDir::new("discover1");
+        mkbox(t.path());
+        let fd = fs::File::open(t.path()).unwrap();
+        let d = discover(fd.as_fd(), t.path(), false).unwrap();
+        assert_eq!(d.accounts.len(), 1);
+        assert_eq!(d.accounts[0].root, Path::new(""));
+    }
+
+    #[test]
+    fn symlinked_mailbox_is_not_followed() {
+        let t = crate::testutil::TempDir::new("discover2");
+        let elsewhere = crate::testutil::TempDir::new("discover2-out");
+        mkbox(elsewhere.path());
+        std::os::unix::fs::symlink(elsewhere.path(), t.path().join("link")).unwrap();
+        let fd = fs::File::open(t.path()).unwrap();
+        let d = discover(fd.as_fd(), t.path(), false).unwrap();
+        assert!(d.accounts.is_empty());
+    }
+}

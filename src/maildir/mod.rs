@@ -1,0 +1,11 @@
+//! Maildir knowledge: the filename grammar, which names the image hides, which files are
+//! control files, and where the mailboxes and accounts of a tree are.
+//!
+//! `filename` and `names` are pure functions over bytes and never touch the disk; `discover`
+//! reads directories (and nothing else) to find the accounts.
+
+pub mod discover;
+pub mod filename;
+pub mod names;
+
+pub use discover::{Account, Discovery, discover};

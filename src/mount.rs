@@ -1,0 +1,364 @@
+//! `maildirfs mount`: the whole flow, discover -> lock -> capture -> freeze -> serve, plus the
+//! checks that run before it and the summary after it.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::capture::{self, AccountCapture, LockPolicy};
+use crate::daemon::{self, Notifier, Outcome};
+use crate::error::{Error, Result, escape_path};
+use crate::freeze::{self, FreezeReport};
+use crate::fs::MaildirFs;
+use crate::maildir;
+use crate::options::MountOptions;
+use crate::runtime::{self, StateFile};
+use crate::snapshot::Snapshot;
+use crate::source::Source;
+use crate::sys;
+
+/// SOURCE and MOUNTPOINT after the checks: SOURCE open once (every later access is relative
+/// to this fd), MOUNTPOINT absolute.
+#[derive(Debug)]
+pub struct Checked {
+    pub source_fd: OwnedFd,
+    pub source: PathBuf,
+    pub mountpoint: PathBuf,
+}
+
+/// The checks that give an admin a clear error before anything is forked or locked.
+pub fn check(opts: &MountOptions) -> Result<Checked> {
+    let source = std::path::absolute(&opts.source)
+        .map_err(|e| Error::io("cannot open source", &opts.source, e))?;
+    // The admin's own path may be a symlink (e.g. /var/vmail -> /srv/vmail); everything below
+    // it is opened without following symlinks.
+    let file = std::fs::File::open(&source)
+        .map_err(|e| Error::io("cannot open source", &opts.source, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("cannot open source", &opts.source, e))?;
+    if !meta.is_dir() {
+        return Err(Error::msg(
+            "cannot use source",
+            &opts.source,
+            "not a directory",
+        ));
+    }
+    let source_fd = OwnedFd::from(file);
+    sys::read_dir(source_fd.as_fd())
+        .map_err(|e| Error::io("cannot read source", &opts.source, e))?;
+
+    let mountpoint = std::fs::canonicalize(&opts.mountpoint)
+        .map_err(|e| Error::io("cannot use mount point", &opts.mountpoint, e))?;
+    let mmeta = std::fs::metadata(&mountpoint)
+        .map_err(|e| Error::io("cannot use mount point", &opts.mountpoint, e))?;
+    if !mmeta.is_dir() {
+        return Err(Error::msg(
+            "cannot use mount point",
+            &opts.mountpoint,
+            "not a directory",
+        ));
+    }
+    if let Some(m) = runtime::find_mount(&mountpoint) {
+        return Err(Error::msg(
+            "cannot use mount point",
+            &opts.mountpoint,
+            format!("already mounted ({} from {})", m.fstype, m.source),
+        ));
+    }
+    if mountpoint.starts_with(&source) {
+        return Err(Error::msg(
+            "cannot use mount point",
+            &opts.mountpoint,
+            "inside the source tree",
+        ));
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| Error::io("cannot mount: FUSE unavailable", "/dev/fuse", e))?;
+    Ok(Checked {
+        source_fd,
+        source,
+        mountpoint,
+    })
+}
+
+/// Runs `maildirfs mount`: returns the summary line to print (detached mode), or serves until
+/// unmounted (foreground).
+pub fn run(opts: &MountOptions) -> Result<Option<String>> {
+    let checked = check(opts)?;
+    if opts.foreground {
+        crate::logging::init(opts.verbosity, opts.log_file.as_deref(), false)?;
+        serve(opts, checked, &mut Notifier::foreground())?;
+        return Ok(None);
+    }
+    // Open the log file before forking, so a bad path is an error the caller sees.
+    crate::logging::init(opts.verbosity, opts.log_file.as_deref(), true)?;
+    match daemon::detach(|n| serve(opts, checked, n))? {
+        Outcome::Ready(summary) => Ok(Some(summary)),
+        Outcome::Failed(err) => Err(Error::relayed(err)),
+    }
+}
+
+/// What one capture produced.
+pub struct Captured {
+    pub snapshot: Snapshot,
+    pub report: FreezeReport,
+    pub accounts: Vec<AccountSummary>,
+    pub elapsed: Duration,
+}
+
+/// Per account, for the summary.
+pub struct AccountSummary {
+    pub root: PathBuf,
+    pub unlocked: Option<String>,
+    pub lock_hold: Duration,
+}
+
+/// Discover, lock, capture and freeze SOURCE, without FUSE.
+pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Result<Captured> {
+    let started = Instant::now();
+    let found = maildir::discover(root.as_fd(), source, opts.exclude_indexes)?;
+    if found.accounts.is_empty() {
+        return Err(Error::msg(
+            "nothing to capture",
+            source,
+            "holds no Maildir (no directory with cur/ and new/)",
+        ));
+    }
+    let policy = LockPolicy {
+        no_lock: opts.no_lock,
+        strict: opts.strict_lock,
+        timeout: opts.lock_timeout,
+        test_hold: test_hold(),
+    };
+    let mut captures: Vec<AccountCapture> = Vec::with_capacity(found.accounts.len());
+    for account in &found.accounts {
+        captures.push(capture::capture_account(
+            root.as_fd(),
+            source,
+            account,
+            &policy,
+        )?);
+    }
+    let accounts = captures
+        .iter()
+        .map(|c| AccountSummary {
+            root: c.root.clone(),
+            unlocked: c.unlocked.clone(),
+            lock_hold: c.lock_hold,
+        })
+        .collect();
+    let (snapshot, report) = freeze::freeze(root.as_fd(), source, captures, opts.exclude_indexes)?;
+    Ok(Captured {
+        snapshot,
+        report,
+        accounts,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Test-only: keep each account's locks this long after listing (`MAILDIRFS_TEST_HOLD_MS`).
+fn test_hold() -> Duration {
+    std::env::var("MAILDIRFS_TEST_HOLD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_default()
+}
+
+/// Captures, mounts, reports readiness through `notifier`, and serves until unmounted or
+/// stopped by SIGTERM/SIGINT/SIGHUP.
+fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Result<()> {
+    // Before any thread exists: every thread inherits the mask, and only the signal thread
+    // below receives the stop signals.
+    sys::block_stop_signals().map_err(|e| Error::io("cannot set up signals", "maildirfs", e))?;
+    let unmounter: Arc<Mutex<Option<fuser::SessionUnmounter>>> = Arc::new(Mutex::new(None));
+    let u = Arc::clone(&unmounter);
+    std::thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            loop {
+                let sig = sys::wait_stop_signal();
+                log::info!("signal {sig}: stopping");
+                capture::CANCEL.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Some(um) = u.lock().as_mut()
+                    && let Err(e) = um.unmount()
+                {
+                    log::warn!("cannot unmount: {e}");
+                }
+            }
+        })
+        .map_err(|e| Error::io("cannot start signal thread", "maildirfs", e))?;
+
+    let captured = capture_tree(&checked.source_fd, &checked.source, opts)?;
+    let summary = summary_line(&checked, &captured);
+    let snap = Arc::new(captured.snapshot);
+    let source = Arc::new(Source::new(checked.source_fd, checked.source.clone()));
+    let fs = MaildirFs::new(Arc::clone(&snap), Arc::clone(&source));
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::FSName(fsname(&checked.source)),
+        fuser::MountOption::CUSTOM("subtype=maildirfs".to_owned()),
+    ];
+    if opts.allow_other {
+        // Never one without the other: the kernel then checks the captured owner and mode.
+        config
+            .mount_options
+            .push(fuser::MountOption::DefaultPermissions);
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8),
+    );
+    config.clone_fd = true;
+    if capture::CANCEL.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Error::msg(
+            "mount interrupted",
+            &checked.mountpoint,
+            "stop signal",
+        ));
+    }
+    let mut session = fuser::Session::new(fs, &checked.mountpoint, &config)
+        .map_err(|e| Error::io("cannot mount", &checked.mountpoint, e))?;
+    *unmounter.lock() = Some(session.unmount_callable());
+
+    let mut state = match runtime::find_mount(&checked.mountpoint) {
+        Some(m) => Some(StateFile::create(&m.devno)?),
+        None => None,
+    };
+    let captured_at = crate::logging::utc_now();
+    if let Some(s) = state.as_mut() {
+        s.write(&[
+            ("pid", sys::getpid().to_string()),
+            ("source", checked.source.display().to_string()),
+            ("mountpoint", checked.mountpoint.display().to_string()),
+            ("captured_at", captured_at.clone()),
+            ("summary", summary.clone()),
+        ])?;
+    }
+    crate::logging::notice(&summary);
+    if notifier.is_foreground() {
+        eprintln!("maildirfs: {summary}");
+    } else {
+        notifier.ready(&summary);
+    }
+    if capture::CANCEL.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = session.unmount();
+    }
+    let result = session.run();
+    let final_line = format!(
+        "unmounted {}: {} files renamed in the source were served from their new names, {} vanished",
+        escape_path(&checked.mountpoint),
+        source.refound.load(std::sync::atomic::Ordering::Relaxed),
+        source.vanished.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    crate::logging::notice(&final_line);
+    if let Some(mut s) = state {
+        let _ = s.write(&[
+            ("pid", sys::getpid().to_string()),
+            ("source", checked.source.display().to_string()),
+            ("mountpoint", checked.mountpoint.display().to_string()),
+            ("captured_at", captured_at),
+            ("summary", summary),
+            ("final", final_line),
+        ]);
+        s.remove();
+    }
+    result.map_err(|e| Error::io("serving failed", &checked.mountpoint, e))
+}
+
+/// The mount source shown in `/proc/mounts` and `df`; mount options are comma-separated, so a
+/// path with a comma or blank is not used there.
+fn fsname(source: &Path) -> String {
+    let s = source.display().to_string();
+    if s.contains([',', ' ', '\t', '\n', '\\']) {
+        "maildirfs".to_owned()
+    } else {
+        s
+    }
+}
+
+/// The one-line mount summary.
+pub fn summary_line(checked: &Checked, c: &Captured) -> String {
+    let t = &c.snapshot.totals;
+    let longest = c.accounts.iter().max_by_key(|a| a.lock_hold);
+    let hold = match longest {
+        Some(a) if !a.lock_hold.is_zero() => format!(
+            "longest lock hold {} ms ({})",
+            a.lock_hold.as_millis(),
+            display_rel(&a.root)
+        ),
+        _ => "no lock held".to_owned(),
+    };
+    let unlocked: Vec<&AccountSummary> =
+        c.accounts.iter().filter(|a| a.unlocked.is_some()).collect();
+    let locks = match unlocked.first() {
+        None => "all accounts locked".to_owned(),
+        Some(first) => format!(
+            "{} of {} accounts captured WITHOUT lock ({}: {})",
+            unlocked.len(),
+            c.accounts.len(),
+            display_rel(&first.root),
+            first.unlocked.as_deref().unwrap_or("")
+        ),
+    };
+    let mut line = format!(
+        "mounted {} on {}: {} accounts, {} mailboxes, {} messages, {} in {:.2} s; {hold}; {locks}",
+        escape_path(&checked.source),
+        escape_path(&checked.mountpoint),
+        t.accounts,
+        t.mailboxes,
+        t.messages,
+        human_bytes(t.bytes),
+        c.elapsed.as_secs_f64(),
+    );
+    if c.report.vanished > 0 {
+        line.push_str(&format!(
+            "; {} messages expunged before they could be frozen",
+            c.report.vanished
+        ));
+    }
+    if !c.report.skipped_mounts.is_empty() {
+        line.push_str(&format!(
+            "; {} mount points inside the source not entered",
+            c.report.skipped_mounts.len()
+        ));
+    }
+    line
+}
+
+fn display_rel(p: &Path) -> String {
+    if p.as_os_str().is_empty() {
+        ".".to_owned()
+    } else {
+        escape_path(p)
+    }
+}
+
+/// Bytes in the units `df -h` uses.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

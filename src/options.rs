@@ -1,0 +1,97 @@
+//! Mount options: the command-line flags and the fstab-style `-o a,b,c` list, merged into one
+//! `MountOptions`. An unknown `-o` option is a usage error, never silently ignored.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Dovecot's own waiters give up after 122 s; 30 s leaves IMAP sessions a wide margin while
+/// still riding out a busy mailbox.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything `maildirfs mount` was asked to do.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub source: PathBuf,
+    pub mountpoint: PathBuf,
+    pub lock_timeout: Duration,
+    pub no_lock: bool,
+    pub strict_lock: bool,
+    pub exclude_indexes: bool,
+    /// Let other users in; always with `default_permissions`.
+    pub allow_other: bool,
+    pub foreground: bool,
+    /// -1 quiet, 0 normal, 1.. verbose.
+    pub verbosity: i8,
+    pub log_file: Option<PathBuf>,
+}
+
+impl MountOptions {
+    pub fn new(source: PathBuf, mountpoint: PathBuf) -> MountOptions {
+        MountOptions {
+            source,
+            mountpoint,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            no_lock: false,
+            strict_lock: false,
+            exclude_indexes: false,
+            allow_other: false,
+            foreground: false,
+            verbosity: 0,
+            log_file: None,
+        }
+    }
+
+    /// Applies one `-o` list. Returns the offending option as a usage error.
+    pub fn apply_o(&mut self, list: &str) -> Result<(), String> {
+        for opt in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            match (key, value) {
+                // Always true of this filesystem, or handled by mount(8)/mount.fuse3.
+                ("ro" | "nodev" | "nosuid" | "noexec" | "noatime" | "defaults", None) => {}
+                ("auto" | "noauto" | "user" | "nouser" | "users" | "nofail" | "_netdev", None) => {}
+                ("rw", None) => return Err("option rw: the view is read-only".to_owned()),
+                ("allow_other" | "default_permissions", None) => {
+                    self.allow_other |= key == "allow_other"
+                }
+                ("exclude_indexes", None) => self.exclude_indexes = true,
+                ("no_lock", None) => self.no_lock = true,
+                ("strict_lock", None) => self.strict_lock = true,
+                ("foreground", None) => self.foreground = true,
+                ("lock_timeout", Some(v)) => {
+                    let secs: u64 = v
+                        .parse()
+                        .map_err(|_| format!("option lock_timeout={v}: not a number of seconds"))?;
+                    self.lock_timeout = Duration::from_secs(secs);
+                }
+                ("log_file", Some(v)) if !v.is_empty() => self.log_file = Some(PathBuf::from(v)),
+                _ => return Err(format!("unknown mount option: {opt}")),
+            }
+        }
+        if self.no_lock && self.strict_lock {
+            return Err("no_lock and strict_lock exclude each other".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn o_options() {
+        let mut o = MountOptions::new("/s".into(), "/m".into());
+        o.apply_o("ro,noauto,allow_other,exclude_indexes,lock_timeout=5")
+            .unwrap();
+        assert!(o.allow_other && o.exclude_indexes);
+        assert_eq!(o.lock_timeout, Duration::from_secs(5));
+        assert!(o.apply_o("rw").is_err());
+        assert!(o.apply_o("bogus").unwrap_err().contains("bogus"));
+        assert!(o.apply_o("lock_timeout=x").is_err());
+        let mut o = MountOptions::new("/s".into(), "/m".into());
+        assert!(o.apply_o("no_lock,strict_lock").is_err());
+    }
+}

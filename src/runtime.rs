@@ -1,0 +1,174 @@
+//! The server's state file, one per mount, named after the mount's device number: it tells
+//! `maildirfs umount` (and later `status`) which process serves a mount point and what it
+//! captured, and its `flock` tells when that process has exited.
+//!
+//! Invariant: while a server runs, it holds an exclusive `flock` on its state file; the file
+//! is removed when it exits cleanly. A file that can be locked belongs to a dead server.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Where state files live: `/run/maildirfs` for root, else the user's runtime directory.
+pub fn dir() -> PathBuf {
+    if sys::geteuid() == 0 {
+        return PathBuf::from("/run/maildirfs");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("maildirfs"),
+        _ => std::env::temp_dir().join(format!("maildirfs-{}", sys::geteuid())),
+    }
+}
+
+/// The state file of the mount with device number `devno` ("major:minor").
+pub fn state_path(devno: &str) -> PathBuf {
+    dir().join(format!("{}.state", devno.replace(':', "_")))
+}
+
+/// A running server's state file, locked for the server's lifetime.
+#[derive(Debug)]
+pub struct StateFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// Creates (or takes over a dead server's) state file and locks it.
+    pub fn create(devno: &str) -> Result<StateFile> {
+        let d = dir();
+        std::fs::create_dir_all(&d).map_err(|e| Error::io("cannot create runtime dir", &d, e))?;
+        let path = state_path(devno);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("cannot create state file", &path, e))?;
+        file.try_lock()
+            .map_err(|_| Error::msg("state file is held by a running server", &path, "busy"))?;
+        Ok(StateFile { file, path })
+    }
+
+    /// Replaces the content with `key=value` lines.
+    pub fn write(&mut self, fields: &[(&str, String)]) -> Result<()> {
+        let mut text = String::new();
+        for (k, v) in fields {
+            text.push_str(k);
+            text.push('=');
+            text.push_str(&v.replace('\n', " "));
+            text.push('\n');
+        }
+        let res = self
+            .file
+            .set_len(0)
+            .and_then(|()| self.file.rewind())
+            .and_then(|()| self.file.write_all(text.as_bytes()));
+        res.map_err(|e| Error::io("cannot write state file", &self.path, e))
+    }
+
+    /// Removes the file; the lock goes with the fd when `self` drops.
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Reads a state file's fields.
+pub fn read_fields(file: &mut File) -> Vec<(String, String)> {
+    let mut text = String::new();
+    let _ = file.rewind();
+    let _ = file.read_to_string(&mut text);
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Opens an existing state file for reading (to wait on its lock), if there is one.
+pub fn open_existing(devno: &str) -> Option<(File, PathBuf)> {
+    let path = state_path(devno);
+    File::open(&path).ok().map(|f| (f, path))
+}
+
+/// One mount as `/proc/self/mountinfo` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub devno: String,
+    pub mountpoint: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// The last (topmost) mount at `mountpoint`, if any.
+pub fn find_mount(mountpoint: &Path) -> Option<MountEntry> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_mountinfo(&text)
+        .into_iter()
+        .rfind(|m| m.mountpoint == mountpoint)
+}
+
+/// Every mount of a `mountinfo` text.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.len() < sep + 3 || sep < 5 {
+            continue;
+        }
+        out.push(MountEntry {
+            devno: fields[2].to_owned(),
+            mountpoint: PathBuf::from(
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(unescape(
+                    fields[4],
+                )),
+            ),
+            fstype: fields[sep + 1].to_owned(),
+            source: String::from_utf8_lossy(&unescape(fields[sep + 2])).into_owned(),
+        });
+    }
+    out
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo() {
+        let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    40 22 0:52 / /mnt/fro\\040zen ro,nosuid,nodev,relatime shared:2 - fuse.maildirfs /var/vmail ro,user_id=0\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].devno, "0:52");
+        assert_eq!(m[1].mountpoint, PathBuf::from("/mnt/fro zen"));
+        assert_eq!(m[1].fstype, "fuse.maildirfs");
+        assert_eq!(m[1].source, "/var/vmail");
+    }
+}

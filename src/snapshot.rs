@@ -1,0 +1,451 @@
+//! The frozen image: an immutable tree built once by `freeze` and then only read, by every
+//! FUSE thread at once, without locking.
+//!
+//! Layout: all nodes in one `Vec`, the children of a directory contiguous and sorted by name
+//! bytes (lookup is a binary search), names in one byte arena, 32-bit node indices. Node 0 is
+//! the root.
+//!
+//! Identifier spaces (see `docs/DESIGN.md`):
+//! - [`NodeIdx`]: position in `nodes`; internal, never leaves the process.
+//! - [`Ino`]: the FUSE node id, which fuser also reports as `st_ino`. It is the source file's
+//!   inode number, so backup tools see stable inode numbers across mounts; the root is
+//!   always 1 (`FUSE_ROOT_ID`), and nodes with no usable source inode (a `tmp/` the source
+//!   lacks, a source inode numbered 1) get [`SYNTHETIC_INO`] + their index. Hard links share
+//!   one `Ino`, as they share one inode in SOURCE.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Position of a node in the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeIdx(pub u32);
+
+impl NodeIdx {
+    pub const ROOT: NodeIdx = NodeIdx(0);
+}
+
+/// A FUSE node id / `st_ino` as served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ino(pub u64);
+
+impl Ino {
+    /// `FUSE_ROOT_ID`.
+    pub const ROOT: Ino = Ino(1);
+}
+
+/// Node ids at and above this are synthetic (no source inode); source inode numbers on Linux
+/// filesystems stay far below it.
+pub const SYNTHETIC_INO: u64 = 1 << 63;
+
+/// A timestamp as `stat` gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Stamp {
+    pub fn to_system_time(self) -> SystemTime {
+        if self.sec >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::new(self.sec as u64, self.nsec)
+        } else {
+            SystemTime::UNIX_EPOCH - Duration::new(self.sec.unsigned_abs(), 0)
+                + Duration::new(0, self.nsec)
+        }
+    }
+}
+
+/// The captured attributes of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// The source inode number (also the FUSE node id; see the module doc).
+    pub ino: Ino,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: Stamp,
+    pub mtime: Stamp,
+    pub ctime: Stamp,
+    /// Permission bits and set-id/sticky bits (no file type).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    /// As seen inside the view: paths with this inode for files, 2 + subdirectories for dirs.
+    pub nlink: u32,
+}
+
+/// Where a regular file's bytes come from when it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// The source file at this node's path, checked against the captured (dev, ino).
+    Source,
+    /// A message in `cur/` or `new/`: like `Source`, and if it was renamed after capture (flag
+    /// change, new -> cur) it is found again by its base name and inode.
+    Message,
+    /// Bytes held in memory (control files read under the lock): index into `inline`.
+    Inline(u32),
+}
+
+/// What a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Children are nodes `first .. first + count`, sorted by name.
+    Dir {
+        first: u32,
+        count: u32,
+    },
+    File(Content),
+    /// The target bytes are `inline[_]`; shown, never followed.
+    Symlink(u32),
+}
+
+/// One node of the image.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub parent: NodeIdx,
+    name_off: u32,
+    name_len: u32,
+    pub kind: Kind,
+    pub attr: Attr,
+}
+
+/// Counts for the mount summary.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub accounts: usize,
+    pub mailboxes: usize,
+    pub messages: usize,
+    /// Bytes of all regular files in the image.
+    pub bytes: u64,
+}
+
+/// The frozen image.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    nodes: Vec<Node>,
+    /// Every node's name, back to back.
+    names: Vec<u8>,
+    /// Control-file bytes and symlink targets.
+    inline: Vec<Arc<[u8]>>,
+    /// (node id, node) for every node but the root, sorted; hard links appear once per path.
+    by_ino: Vec<(Ino, NodeIdx)>,
+    /// `st_dev` of SOURCE: every served file must be on it.
+    pub source_dev: u64,
+    pub totals: Totals,
+}
+
+impl Snapshot {
+    pub fn node(&self, idx: NodeIdx) -> &Node {
+        &self.nodes[idx.0 as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn name(&self, idx: NodeIdx) -> &[u8] {
+        let n = self.node(idx);
+        &self.names[n.name_off as usize..(n.name_off + n.name_len) as usize]
+    }
+
+    pub fn inline(&self, i: u32) -> &Arc<[u8]> {
+        &self.inline[i as usize]
+    }
+
+    /// The node id a node is served under.
+    pub fn ino_of(&self, idx: NodeIdx) -> Ino {
+        if idx == NodeIdx::ROOT {
+            Ino::ROOT
+        } else {
+            self.node(idx).attr.ino
+        }
+    }
+
+    /// The node a FUSE node id names (for hard links, the first path).
+    pub fn resolve(&self, ino: Ino) -> Option<NodeIdx> {
+        if ino == Ino::ROOT {
+            return Some(NodeIdx::ROOT);
+        }
+        let i = self.by_ino.partition_point(|(k, _)| *k < ino);
+        self.by_ino
+            .get(i)
+            .filter(|(k, _)| *k == ino)
+            .map(|(_, n)| *n)
+    }
+
+    /// Every node with this node id: one per path of a hard-linked file.
+    pub fn links(&self, ino: Ino) -> impl Iterator<Item = NodeIdx> + '_ {
+        let i = self.by_ino.partition_point(|(k, _)| *k < ino);
+        self.by_ino[i..]
+            .iter()
+            .take_while(move |(k, _)| *k == ino)
+            .map(|(_, n)| *n)
+    }
+
+    /// The children of a directory node (empty for other nodes).
+    pub fn children(&self, idx: NodeIdx) -> std::ops::Range<u32> {
+        match self.node(idx).kind {
+            Kind::Dir { first, count } => first..first + count,
+            _ => 0..0,
+        }
+    }
+
+    /// The child of `dir` called `name`.
+    pub fn lookup(&self, dir: NodeIdx, name: &[u8]) -> Option<NodeIdx> {
+        let range = self.children(dir);
+        let (lo, hi) = (range.start as usize, range.end as usize);
+        let pos = self.nodes[lo..hi]
+            .binary_search_by(|n| {
+                self.names[n.name_off as usize..(n.name_off + n.name_len) as usize].cmp(name)
+            })
+            .ok()?;
+        Some(NodeIdx((lo + pos) as u32))
+    }
+
+    /// The node's path relative to SOURCE.
+    pub fn rel_path(&self, idx: NodeIdx) -> PathBuf {
+        let mut parts = Vec::new();
+        let mut cur = idx;
+        while cur != NodeIdx::ROOT {
+            parts.push(self.name(cur));
+            cur = self.node(cur).parent;
+        }
+        let mut p = PathBuf::new();
+        for part in parts.iter().rev() {
+            p.push(OsStr::from_bytes(part));
+        }
+        p
+    }
+}
+
+/// Builds a snapshot breadth-first: a directory's children are added together, so they are
+/// contiguous, and then sorted by name before the next directory starts.
+#[derive(Debug, Default)]
+pub struct Builder {
+    snap: Snapshot,
+}
+
+/// A node before it is placed: what `Builder::add_children` takes.
+#[derive(Debug, Clone)]
+pub struct NewNode {
+    pub name: Vec<u8>,
+    pub kind: NewKind,
+    pub attr: Attr,
+}
+
+#[derive(Debug, Clone)]
+pub enum NewKind {
+    Dir,
+    File(NewContent),
+    Symlink(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub enum NewContent {
+    Source,
+    Message,
+    Inline(Arc<[u8]>),
+}
+
+impl Builder {
+    pub fn new(root: Attr, source_dev: u64) -> Builder {
+        let mut b = Builder::default();
+        b.snap.source_dev = source_dev;
+        b.snap.nodes.push(Node {
+            parent: NodeIdx::ROOT,
+            name_off: 0,
+            name_len: 0,
+            kind: Kind::Dir { first: 1, count: 0 },
+            attr: root,
+        });
+        b
+    }
+
+    /// Adds the children of `dir` (which must have none yet) and returns their indices in
+    /// name order. Synthetic node ids are assigned where the source inode cannot be used.
+    pub fn add_children(&mut self, dir: NodeIdx, mut children: Vec<NewNode>) -> Vec<NodeIdx> {
+        children.sort_by(|a, b| a.name.cmp(&b.name));
+        children.dedup_by(|a, b| a.name == b.name);
+        let first = self.snap.nodes.len() as u32;
+        let mut out = Vec::with_capacity(children.len());
+        for c in children {
+            let idx = NodeIdx(self.snap.nodes.len() as u32);
+            let name_off = self.snap.names.len() as u32;
+            self.snap.names.extend_from_slice(&c.name);
+            let kind = match c.kind {
+                NewKind::Dir => Kind::Dir { first: 0, count: 0 },
+                NewKind::File(NewContent::Source) => Kind::File(Content::Source),
+                NewKind::File(NewContent::Message) => Kind::File(Content::Message),
+                NewKind::File(NewContent::Inline(bytes)) => {
+                    self.snap.inline.push(bytes);
+                    Kind::File(Content::Inline(self.snap.inline.len() as u32 - 1))
+                }
+                NewKind::Symlink(target) => {
+                    self.snap.inline.push(target.into());
+                    Kind::Symlink(self.snap.inline.len() as u32 - 1)
+                }
+            };
+            let mut attr = c.attr;
+            if attr.ino.0 <= Ino::ROOT.0 || attr.ino.0 >= SYNTHETIC_INO {
+                attr.ino = Ino(SYNTHETIC_INO + u64::from(idx.0));
+            }
+            self.snap.nodes.push(Node {
+                parent: dir,
+                name_off,
+                name_len: c.name.len() as u32,
+                kind,
+                attr,
+            });
+            out.push(idx);
+        }
+        let count = self.snap.nodes.len() as u32 - first;
+        self.snap.nodes[dir.0 as usize].kind = Kind::Dir { first, count };
+        out
+    }
+
+    pub fn node(&self, idx: NodeIdx) -> &Node {
+        self.snap.node(idx)
+    }
+
+    pub fn name(&self, idx: NodeIdx) -> &[u8] {
+        self.snap.name(idx)
+    }
+
+    /// Finishes the tree: node-id index, link counts as seen in the view, totals.
+    pub fn finish(mut self, totals: Totals) -> Snapshot {
+        let snap = &mut self.snap;
+        let mut by_ino: Vec<(Ino, NodeIdx)> = (1..snap.nodes.len() as u32)
+            .map(|i| (snap.nodes[i as usize].attr.ino, NodeIdx(i)))
+            .collect();
+        by_ino.sort_unstable();
+        // Files: one link per path with the same inode. Directories: 2 + subdirectories.
+        let mut i = 0;
+        while i < by_ino.len() {
+            let mut j = i;
+            while j < by_ino.len() && by_ino[j].0 == by_ino[i].0 {
+                j += 1;
+            }
+            for (_, node) in &by_ino[i..j] {
+                let n = &mut snap.nodes[node.0 as usize];
+                if !matches!(n.kind, Kind::Dir { .. }) {
+                    n.attr.nlink = (j - i) as u32;
+                }
+            }
+            i = j;
+        }
+        for d in 0..snap.nodes.len() {
+            if let Kind::Dir { first, count } = snap.nodes[d].kind {
+                let subdirs = (first..first + count)
+                    .filter(|&c| matches!(snap.nodes[c as usize].kind, Kind::Dir { .. }))
+                    .count() as u32;
+                snap.nodes[d].attr.nlink = 2 + subdirs;
+            }
+        }
+        snap.by_ino = by_ino;
+        snap.totals = totals;
+        self.snap
+    }
+}
+
+impl Snapshot {
+    /// The one conversion to fuser's attribute type. `attr.ino` is the node id (fuser uses it
+    /// as both the node id of an entry and `st_ino`).
+    pub fn file_attr(&self, idx: NodeIdx) -> fuser::FileAttr {
+        let n = self.node(idx);
+        let a = &n.attr;
+        let kind = match n.kind {
+            Kind::Dir { .. } => fuser::FileType::Directory,
+            Kind::File(_) => fuser::FileType::RegularFile,
+            Kind::Symlink(_) => fuser::FileType::Symlink,
+        };
+        fuser::FileAttr {
+            ino: fuser::INodeNo(self.ino_of(idx).0),
+            size: a.size,
+            blocks: a.blocks,
+            atime: a.atime.to_system_time(),
+            mtime: a.mtime.to_system_time(),
+            ctime: a.ctime.to_system_time(),
+            crtime: a.ctime.to_system_time(),
+            kind,
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(ino: u64) -> Attr {
+        Attr {
+            ino: Ino(ino),
+            size: 0,
+            blocks: 0,
+            atime: Stamp::default(),
+            mtime: Stamp::default(),
+            ctime: Stamp::default(),
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+        }
+    }
+
+    fn file(name: &str, ino: u64) -> NewNode {
+        NewNode {
+            name: name.as_bytes().to_vec(),
+            kind: NewKind::File(NewContent::Source),
+            attr: attr(ino),
+        }
+    }
+
+    #[test]
+    fn lookup_resolve_paths_and_links() {
+        let mut b = Builder::new(attr(2), 7);
+        let top = b.add_children(
+            NodeIdx::ROOT,
+            vec![
+                file("zeta", 20),
+                NewNode {
+                    name: b"dir".to_vec(),
+                    kind: NewKind::Dir,
+                    attr: attr(10),
+                },
+                file("alpha", 30),
+            ],
+        );
+        // Children come back in name order: alpha, dir, zeta.
+        let dir = top[1];
+        b.add_children(dir, vec![file("inner", 30), file("one", 1)]);
+        let s = b.finish(Totals::default());
+        assert_eq!(s.name(NodeIdx(1)), b"alpha");
+        let d = s.lookup(NodeIdx::ROOT, b"dir").unwrap();
+        assert_eq!(d, dir);
+        let inner = s.lookup(d, b"inner").unwrap();
+        assert_eq!(s.rel_path(inner), PathBuf::from("dir/inner"));
+        assert!(s.lookup(NodeIdx::ROOT, b"missing").is_none());
+        // Hard link: both paths share the inode and show nlink 2.
+        assert_eq!(s.node(inner).attr.nlink, 2);
+        assert_eq!(s.links(Ino(30)).count(), 2);
+        assert_eq!(s.resolve(Ino(20)), s.lookup(NodeIdx::ROOT, b"zeta"));
+        // A source inode numbered 1 would collide with the root: it becomes synthetic.
+        let one = s.lookup(d, b"one").unwrap();
+        assert!(s.node(one).attr.ino.0 >= SYNTHETIC_INO);
+        assert_eq!(s.resolve(s.ino_of(one)), Some(one));
+        assert_eq!(s.resolve(Ino::ROOT), Some(NodeIdx::ROOT));
+        // Root: 2 + one subdirectory.
+        assert_eq!(s.node(NodeIdx::ROOT).attr.nlink, 3);
+    }
+}

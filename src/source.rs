@@ -1,0 +1,220 @@
+//! Reading the image's bytes back from SOURCE, for the FUSE adapter and for tests without FUSE.
+//!
+//! Every open goes through the one SOURCE directory fd with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` (or an `O_NOFOLLOW` walk), so nothing outside SOURCE
+//! is ever opened, and the opened file's (dev, ino) must be the captured one before a byte is
+//! served. A message renamed after capture is found again by its base name and inode in its
+//! mailbox's `cur/` or `new/`; a file that is gone fails with `ENOENT` and a log line, never
+//! with other bytes.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result, escape_path};
+use crate::maildir::filename::base_name;
+use crate::maildir::names;
+use crate::snapshot::{Content, Kind, NodeIdx, SYNTHETIC_INO, Snapshot};
+use crate::sys;
+
+/// SOURCE, open, with the counters of what serving found.
+#[derive(Debug)]
+pub struct Source {
+    root: OwnedFd,
+    path: PathBuf,
+    /// Files that could not be served because they were gone from SOURCE.
+    pub vanished: AtomicU64,
+    /// Messages served from a new name after a rename in the live tree.
+    pub refound: AtomicU64,
+}
+
+/// An open file of the image.
+#[derive(Debug, Clone)]
+pub enum Opened {
+    /// A file of SOURCE, checked to be the captured inode.
+    File(Arc<File>),
+    /// Bytes held in the snapshot.
+    Inline(Arc<[u8]>),
+}
+
+impl Source {
+    pub fn new(root: OwnedFd, path: PathBuf) -> Source {
+        Source {
+            root,
+            path,
+            vanished: AtomicU64::new(0),
+            refound: AtomicU64::new(0),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the bytes of regular-file node `idx`.
+    pub fn open(&self, snap: &Snapshot, idx: NodeIdx) -> Result<Opened> {
+        let content = match snap.node(idx).kind {
+            Kind::File(c) => c,
+            Kind::Dir { .. } => {
+                return Err(Error::io(
+                    "cannot open",
+                    snap.rel_path(idx),
+                    errno(libc::EISDIR),
+                ));
+            }
+            Kind::Symlink(_) => {
+                return Err(Error::io(
+                    "cannot open",
+                    snap.rel_path(idx),
+                    errno(libc::ELOOP),
+                ));
+            }
+        };
+        if let Content::Inline(i) = content {
+            return Ok(Opened::Inline(Arc::clone(snap.inline(i))));
+        }
+        let ino = snap.node(idx).attr.ino;
+        // Try the captured path of every link to this inode first, then (for messages) look
+        // for a renamed file; the content of a message never changes, only its name.
+        let mut last = None;
+        for link in std::iter::once(idx).chain(snap.links(ino).filter(|&l| l != idx)) {
+            match self.open_checked(snap, link) {
+                Ok(f) => return Ok(Opened::File(Arc::new(f))),
+                Err(e) => last = Some(e),
+            }
+        }
+        if content == Content::Message {
+            for link in std::iter::once(idx).chain(snap.links(ino).filter(|&l| l != idx)) {
+                if let Some(f) = self.refind_message(snap, link) {
+                    self.refound.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Opened::File(Arc::new(f)));
+                }
+            }
+        }
+        self.vanished.fetch_add(1, Ordering::Relaxed);
+        let err = last.unwrap_or_else(|| errno(libc::ENOENT));
+        let path = self.path.join(snap.rel_path(idx));
+        log::warn!(
+            "{} is gone from the source since capture ({err}); read fails with ENOENT",
+            escape_path(&path)
+        );
+        Err(Error::io("file vanished", path, errno(libc::ENOENT)))
+    }
+
+    /// Opens the node's captured path and checks it is the captured inode.
+    fn open_checked(&self, snap: &Snapshot, idx: NodeIdx) -> std::io::Result<File> {
+        let rel = snap.rel_path(idx);
+        let fd = open_read(self.root.as_fd(), rel.as_os_str())?;
+        self.check(snap, idx, fd)
+    }
+
+    /// Checks that `fd` is the file captured as node `idx`. The inode number alone is not
+    /// enough: a freed inode number is soon reused by a new file. A message's content, size and
+    /// mtime (its INTERNALDATE) never change, so they must match too; other files may only
+    /// have grown (append-only logs), and only the captured length is ever served.
+    fn check(&self, snap: &Snapshot, idx: NodeIdx, fd: OwnedFd) -> std::io::Result<File> {
+        let st = sys::fstat(fd.as_fd())?;
+        let node = snap.node(idx);
+        let want = node.attr.ino.0;
+        let ino_ok = want >= SYNTHETIC_INO || st.st_ino == want;
+        let size = st.st_size.max(0) as u64;
+        let same_content = match node.kind {
+            Kind::File(Content::Message) => {
+                size == node.attr.size
+                    && st.st_mtime == node.attr.mtime.sec
+                    && st.st_mtime_nsec == i64::from(node.attr.mtime.nsec)
+            }
+            _ => size >= node.attr.size,
+        };
+        if st.st_dev != snap.source_dev
+            || !ino_ok
+            || !same_content
+            || st.st_mode & libc::S_IFMT != libc::S_IFREG
+        {
+            return Err(errno(libc::ESTALE));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Finds a message by base name and inode in its mailbox's `cur/` then `new/`.
+    fn refind_message(&self, snap: &Snapshot, idx: NodeIdx) -> Option<File> {
+        let messages_dir = snap.node(idx).parent;
+        let mailbox = snap.node(messages_dir).parent;
+        let base = base_name(snap.name(idx));
+        let want_ino = snap.node(idx).attr.ino.0;
+        let mbox_rel = snap.rel_path(mailbox);
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let mfd = sys::open_beneath(self.root.as_fd(), mbox_rel.as_os_str(), flags).ok()?;
+        for sub in [names::CUR, names::NEW] {
+            let Ok(dir) = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(sub)) else {
+                continue;
+            };
+            let Ok(entries) = sys::read_dir(dir.as_fd()) else {
+                continue;
+            };
+            for e in entries {
+                if e.ino != want_ino || base_name(&e.name) != base {
+                    continue;
+                }
+                let Ok(fd) = open_read(dir.as_fd(), OsStr::from_bytes(&e.name)) else {
+                    continue;
+                };
+                if let Ok(f) = self.check(snap, idx, fd) {
+                    log::info!(
+                        "{} was renamed after capture; serving it from its new name",
+                        escape_path(&self.path.join(snap.rel_path(idx)))
+                    );
+                    return Some(f);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Opens for reading without touching atime where allowed (`O_NOATIME` needs ownership or
+/// root; without it, `EPERM`, and then the open is retried without).
+fn open_read(dir: std::os::fd::BorrowedFd<'_>, rel: &OsStr) -> std::io::Result<OwnedFd> {
+    match sys::open_beneath(dir, rel, libc::O_RDONLY | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            sys::open_beneath(dir, rel, libc::O_RDONLY)
+        }
+        other => other,
+    }
+}
+
+/// Reads up to `size` bytes at `offset` of an opened file whose captured length is `len`:
+/// nothing past the captured length is ever served.
+pub fn read_at(opened: &Opened, len: u64, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
+    let end = len.min(offset.saturating_add(u64::from(size)));
+    if offset >= end {
+        return Ok(Vec::new());
+    }
+    let want = (end - offset) as usize;
+    match opened {
+        Opened::Inline(bytes) => Ok(bytes[offset as usize..end as usize].to_vec()),
+        Opened::File(f) => {
+            let mut buf = vec![0u8; want];
+            let mut done = 0;
+            while done < want {
+                match f.read_at(&mut buf[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(done);
+            Ok(buf)
+        }
+    }
+}
+
+fn errno(code: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(code)
+}

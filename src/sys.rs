@@ -1,0 +1,450 @@
+//! The only module with `unsafe`: thin wrappers over the Linux syscalls maildirfs needs and
+//! that std does not offer (directory-relative opens that never follow symlinks, `getdents64`,
+//! `fstatat`, `fork`, signals, syslog).
+//!
+//! Every wrapper returns `io::Result` with the OS error untouched; callers add the path. Every
+//! fd comes back as an `OwnedFd`, so nothing here can leak one.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The raw `stat` of a file, as captured. Re-exported so callers name one type.
+pub type Stat = libc::stat;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cstring(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC)`. `name` is one path component or a
+/// relative path; symlinks in the last component are never followed.
+pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let c = cstring(name)?;
+    loop {
+        // SAFETY: `c` is a valid NUL-terminated string that outlives the call; `dir` is a live
+        // fd for the duration of the borrow. openat(2) returns a new fd or -1.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o666 as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: openat just returned this fd to us and nothing else owns it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// Opens a directory component relative to `dir` without following a symlink.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY)
+}
+
+/// Creates `name` in `dir` with `O_CREAT|O_EXCL` (the Dovecot dotlock create), mode 0666 minus
+/// the umask.
+pub fn create_excl_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    openat(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+}
+
+static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
+
+/// Opens the relative path `rel` beneath `root`: no component may be a symlink, `..` may not
+/// leave `root`, and no mount point is crossed. Uses `openat2(RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` where the kernel has it (Linux >= 5.6), otherwise a
+/// component-by-component walk with `O_NOFOLLOW` that rejects `..`.
+pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    if rel.is_empty() {
+        return openat(root, OsStr::new("."), flags);
+    }
+    if !OPENAT2_MISSING.load(Ordering::Relaxed) {
+        match openat2_beneath(root, rel, flags) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                OPENAT2_MISSING.store(true, Ordering::Relaxed);
+            }
+            other => return other,
+        }
+    }
+    open_walk(root, rel, flags)
+}
+
+fn openat2_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let c = cstring(rel)?;
+    // SAFETY: open_how is plain old data; all-zero is a valid value that we then fill in.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_XDEV;
+    loop {
+        // SAFETY: openat2(2) takes a dirfd, a NUL-terminated path and a pointer to an open_how
+        // of the given size; all three are valid for the duration of the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if ret >= 0 {
+            // SAFETY: the syscall returned a new fd that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) });
+        }
+        let err = io::Error::last_os_error();
+        // EAGAIN: a concurrent rename raced the lookup; the man page says to retry.
+        if !matches!(err.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
+            return Err(err);
+        }
+    }
+}
+
+fn open_walk(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let root_dev = fstat(root)?.st_dev;
+    let parts: Vec<&[u8]> = rel
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .filter(|p| !p.is_empty() && *p != b".")
+        .collect();
+    if parts.iter().any(|p| *p == b"..") {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let Some((last, dirs)) = parts.split_last() else {
+        return openat(root, OsStr::new("."), flags);
+    };
+    let mut cur: Option<OwnedFd> = None;
+    for part in dirs {
+        let base = cur.as_ref().map_or(root, |fd| fd_borrow(fd));
+        let next = open_dir_at(base, OsStr::from_bytes(part))?;
+        if fstat(fd_borrow(&next))?.st_dev != root_dev {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        cur = Some(next);
+    }
+    let base = cur.as_ref().map_or(root, |fd| fd_borrow(fd));
+    let fd = openat(base, OsStr::from_bytes(last), flags)?;
+    if fstat(fd_borrow(&fd))?.st_dev != root_dev {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    Ok(fd)
+}
+
+fn fd_borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
+    std::os::fd::AsFd::as_fd(fd)
+}
+
+/// `fstat(fd)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    let mut st = MaybeUninit::<Stat>::uninit();
+    // SAFETY: `st` points to writable memory of the right size; fstat fills it on success.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat returned 0, so the struct is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: the `lstat` of one entry of `dir`.
+pub fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
+    let c = cstring(name)?;
+    let mut st = MaybeUninit::<Stat>::uninit();
+    // SAFETY: valid dirfd, NUL-terminated name and writable stat buffer for the call.
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat returned 0, so the struct is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `readlinkat(dir, name)`: the target bytes of a symlink, never followed.
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
+    let c = cstring(name)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: buf is writable for buf.len() bytes; readlinkat writes at most that many.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n < buf.len() {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
+/// `unlinkat(dir, name, 0)`.
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let c = cstring(name)?;
+    // SAFETY: valid dirfd and NUL-terminated name.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
+}
+
+/// Sets the atime and mtime of the open file to now (`futimens(fd, NULL)`), as Dovecot's
+/// `file_dotlock_touch()` does with `utime()`.
+pub fn touch_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: a NULL times pointer means "now" for both timestamps.
+    cvt(unsafe { libc::futimens(fd.as_raw_fd(), std::ptr::null()) }).map(drop)
+}
+
+/// One directory entry as `getdents64` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    /// `DT_*` from the directory; `DT_UNKNOWN` on filesystems that do not fill it.
+    pub d_type: u8,
+}
+
+/// Lists a directory from its start with `getdents64`, skipping `.` and `..`. The fd's offset
+/// is rewound first, so the same fd can be listed again for the listing check.
+pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
+    // SAFETY: lseek on a directory fd to offset 0 rewinds the getdents stream.
+    if unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is writable for buf.len() bytes; getdents64 writes whole records into it.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut off = 0usize;
+        let n = n as usize;
+        while off < n {
+            // linux_dirent64: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, char d_name[].
+            let rec = &buf[off..n];
+            if rec.len() < 19 {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or_default());
+            let reclen = u16::from_ne_bytes(rec[16..18].try_into().unwrap_or_default()) as usize;
+            if reclen < 19 || reclen > rec.len() {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let d_type = rec[18];
+            let name_bytes = &rec[19..reclen];
+            let len = name_bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_bytes.len());
+            let name = &name_bytes[..len];
+            if name != b"." && name != b".." {
+                out.push(DirEntry {
+                    name: name.to_vec(),
+                    ino,
+                    d_type,
+                });
+            }
+            off += reclen;
+        }
+    }
+}
+
+/// The host name as Dovecot sees it: `DOVECOT_HOSTNAME` if set, else `gethostname()`.
+pub fn hostname() -> String {
+    if let Some(h) = std::env::var_os("DOVECOT_HOSTNAME") {
+        return h.to_string_lossy().into_owned();
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its length; gethostname NUL-terminates on success (we also
+    // cap at the buffer length below).
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return "localhost".to_owned();
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+/// Whether a process with this pid exists, by Dovecot's rule: `kill(pid, 0)` succeeding or
+/// failing with anything but `ESRCH` (e.g. `EPERM`) counts as alive.
+pub fn process_exists(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 performs only the existence and permission check.
+    let ret = unsafe { libc::kill(pid, 0) };
+    ret == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Sends `sig` to `pid`.
+pub fn kill(pid: i32, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Result of `fork()` as seen by the caller.
+pub enum Fork {
+    Parent(i32),
+    Child,
+}
+
+/// `fork()`. Only call while the process has a single thread: the child continues with only
+/// the calling thread, and any lock another thread held would stay locked forever.
+pub fn fork() -> io::Result<Fork> {
+    // SAFETY: maildirfs forks before it starts any thread (see `daemon`), so the child is a
+    // complete copy of a single-threaded process.
+    let pid = cvt(unsafe { libc::fork() })?;
+    Ok(if pid == 0 {
+        Fork::Child
+    } else {
+        Fork::Parent(pid)
+    })
+}
+
+/// `waitpid(pid, 0)`, returning the raw status.
+pub fn waitpid(pid: i32) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out pointer.
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if ret >= 0 {
+            return Ok(status);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// `setsid()`: leave the caller's session so its terminal's signals do not reach us.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: setsid has no memory-safety preconditions.
+    cvt(unsafe { libc::setsid() }).map(drop)
+}
+
+/// Points stdin, stdout and stderr at `/dev/null`, so the detached server holds none of the
+/// caller's terminal, pipes or files.
+pub fn detach_stdio() -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for target in 0..=2 {
+        // SAFETY: both fds are valid; dup2 atomically replaces `target`.
+        cvt(unsafe { libc::dup2(null.as_raw_fd(), target) })?;
+    }
+    Ok(())
+}
+
+/// The signals that end a session cleanly.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+fn stop_sigset() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set; sigaddset with valid signal numbers cannot fail.
+    unsafe {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        let mut set = set.assume_init();
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and in every thread it starts
+/// afterwards, so that only `wait_stop_signal` receives them.
+pub fn block_stop_signals() -> io::Result<()> {
+    let set = stop_sigset();
+    // SAFETY: set is initialised; the old-set pointer may be NULL.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    Ok(())
+}
+
+/// Waits for one of the stop signals (which must be blocked) and returns it.
+pub fn wait_stop_signal() -> libc::c_int {
+    let set = stop_sigset();
+    loop {
+        let mut sig = 0;
+        // SAFETY: set is initialised and sig is a valid out pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            return sig;
+        }
+    }
+}
+
+/// `umount2(path, flags)`.
+pub fn umount(path: &std::path::Path, flags: libc::c_int) -> io::Result<()> {
+    let c = cstring(path.as_os_str())?;
+    // SAFETY: NUL-terminated path.
+    cvt(unsafe { libc::umount2(c.as_ptr(), flags) }).map(drop)
+}
+
+/// `geteuid()`.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `getpid()`.
+pub fn getpid() -> i32 {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// Opens the syslog connection with ident `maildirfs`.
+pub fn openlog() {
+    static IDENT: &CStr = c"maildirfs";
+    // SAFETY: IDENT is a static NUL-terminated string, so it outlives every later syslog call.
+    unsafe { libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+}
+
+/// Sends one line to syslog at `priority`.
+pub fn syslog(priority: libc::c_int, line: &str) {
+    let Ok(c) = CString::new(line.replace('\0', "\\0")) else {
+        return;
+    };
+    // SAFETY: the format is a static "%s" and the argument a NUL-terminated string, so no
+    // format directive in `line` is interpreted.
+    unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
+}

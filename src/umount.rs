@@ -1,0 +1,91 @@
+//! `maildirfs umount MOUNTPOINT`: unmount, then wait until the serving process has exited,
+//! and print its closing summary. Also clears the mount of a server that crashed (the kernel
+//! then answers `ENOTCONN` to everything under the mount point).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::runtime;
+use crate::sys;
+
+/// How long to wait for the server to exit after the unmount.
+const EXIT_WAIT: Duration = Duration::from_secs(60);
+
+/// Unmounts the maildirfs view at `mountpoint`; returns the server's closing summary if it left
+/// one.
+pub fn umount(mountpoint: &Path) -> Result<Option<String>> {
+    let abs =
+        std::path::absolute(mountpoint).map_err(|e| Error::io("cannot unmount", mountpoint, e))?;
+    let abs = normalize(&abs);
+    let Some(entry) = runtime::find_mount(&abs) else {
+        return Err(Error::msg("cannot unmount", mountpoint, "not mounted"));
+    };
+    if entry.fstype != "fuse.maildirfs" {
+        return Err(Error::msg(
+            "cannot unmount",
+            mountpoint,
+            format!("not a maildirfs mount (type {})", entry.fstype),
+        ));
+    }
+    let state = runtime::open_existing(&entry.devno);
+    unmount_now(&abs).map_err(|e| Error::io("cannot unmount", mountpoint, e))?;
+    let Some((mut file, path)) = state else {
+        return Ok(None);
+    };
+    let deadline = Instant::now() + EXIT_WAIT;
+    loop {
+        match file.try_lock_shared() {
+            Ok(()) => break,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => {
+                return Err(Error::msg(
+                    "unmounted, but the server did not exit",
+                    mountpoint,
+                    format!("still running after {} s", EXIT_WAIT.as_secs()),
+                ));
+            }
+        }
+    }
+    let fields = runtime::read_fields(&mut file);
+    // A crashed server leaves its state file behind; a clean one has removed it already.
+    let _ = std::fs::remove_file(&path);
+    Ok(fields
+        .into_iter()
+        .find(|(k, _)| k == "final")
+        .map(|(_, v)| v))
+}
+
+fn unmount_now(path: &Path) -> std::io::Result<()> {
+    if sys::geteuid() == 0 {
+        return sys::umount(path, 0);
+    }
+    let out = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("--")
+        .arg(path)
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ))
+    }
+}
+
+/// Removes `.` and `..` lexically; the mount point of a crashed server cannot be `stat`ed, so
+/// it is never canonicalized through the kernel.
+fn normalize(p: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
