@@ -28,6 +28,7 @@ use crate::lock::{TryLock, UidlistLock, lock_content};
 use crate::maildir::Account;
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
+use crate::pin::PinBudget;
 use crate::sys;
 
 /// How many times a mailbox is listed before the listing check gives up and keeps the union.
@@ -48,11 +49,13 @@ pub struct LockPolicy {
 }
 
 /// One entry of a `new/` or `cur/` listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Listed {
     pub name: Vec<u8>,
     pub ino: u64,
     pub d_type: u8,
+    /// The file pinned right after the listing, under the lock (if the budget allowed).
+    pub pin: Option<OwnedFd>,
 }
 
 /// A control file as read under the lock.
@@ -64,13 +67,15 @@ pub struct ControlFile {
 }
 
 /// What was captured of one mailbox.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct MailboxCapture {
     pub control: Vec<ControlFile>,
     pub new: Vec<Listed>,
     pub cur: Vec<Listed>,
     /// False when the listing never settled and the union of base names was kept.
     pub settled: bool,
+    /// Time spent pinning the listed files (part of the lock hold when locked).
+    pub pin_time: Duration,
 }
 
 /// What was captured of one account.
@@ -83,6 +88,8 @@ pub struct AccountCapture {
     pub unlocked: Option<String>,
     /// From the first lock taken to the last released, for the successful round.
     pub lock_hold: Duration,
+    /// The part of the hold spent pinning files.
+    pub pin_time: Duration,
 }
 
 /// Set by a stop signal; capture checks it between tries and accounts and stops.
@@ -101,6 +108,20 @@ pub fn capture_account(
     source: &Path,
     account: &Account,
     policy: &LockPolicy,
+    budget: &PinBudget,
+) -> Result<AccountCapture> {
+    let held = budget.hold(account.mailboxes.len() + 2);
+    let result = capture_account_with(root, source, account, policy, budget);
+    budget.unhold(held);
+    result
+}
+
+fn capture_account_with(
+    root: BorrowedFd<'_>,
+    source: &Path,
+    account: &Account,
+    policy: &LockPolicy,
+    budget: &PinBudget,
 ) -> Result<AccountCapture> {
     // Open every mailbox directory once; the locks and listings all go through these fds.
     let mut dirs = Vec::with_capacity(account.mailboxes.len());
@@ -113,6 +134,8 @@ pub fn capture_account(
             ),
         }
     }
+    // Size the fd table for this account's pins now, so it does not grow under the locks.
+    budget.reserve_table(expected_entries(&dirs), root);
     let deadline = Instant::now() + policy.timeout;
     let content = lock_content();
     let mut rng = Jitter::new();
@@ -123,7 +146,7 @@ pub fn capture_account(
         match lock_all(&dirs, source, &content) {
             Ok(LockRound::All(locks)) => {
                 let started = Instant::now();
-                let listed = list_all(&dirs, source);
+                let listed = list_all(&dirs, source, budget);
                 if !policy.test_hold.is_zero() {
                     hold_for_test(policy.test_hold, source)?;
                 }
@@ -140,12 +163,18 @@ pub fn capture_account(
                         ));
                     }
                     drop(locks);
+                    // Give back the budget of the discarded capture's pins.
+                    if let Ok(m) = listed {
+                        release_pins(m, budget);
+                    }
                 } else {
                     drop(locks);
                     let lock_hold = started.elapsed();
+                    let mailboxes = listed?;
                     return Ok(AccountCapture {
                         root: account.root.clone(),
-                        mailboxes: listed?,
+                        pin_time: mailboxes.values().map(|m| m.pin_time).sum(),
+                        mailboxes,
                         unlocked: None,
                         lock_hold,
                     });
@@ -182,12 +211,28 @@ pub fn capture_account(
             crate::error::escape_path(&where_)
         );
     }
+    let mailboxes = list_all(&dirs, source, budget)?;
     Ok(AccountCapture {
         root: account.root.clone(),
-        mailboxes: list_all(&dirs, source)?,
+        pin_time: mailboxes.values().map(|m| m.pin_time).sum(),
+        mailboxes,
         unlocked: Some(why),
         lock_hold: Duration::ZERO,
     })
+}
+
+/// A generous estimate of how many entries the mailboxes' `cur/` and `new/` hold, from their
+/// directory sizes (ext4 uses well over 16 bytes per entry, tmpfs 20), without listing them.
+fn expected_entries(dirs: &[(PathBuf, Arc<OwnedFd>)]) -> usize {
+    let mut bytes = 0u64;
+    for (_, fd) in dirs {
+        for sub in [names::CUR, names::NEW] {
+            if let Ok(st) = sys::lstat_at(fd.as_fd(), OsStr::from_bytes(sub)) {
+                bytes += st.st_size.max(0) as u64;
+            }
+        }
+    }
+    (bytes / 16) as usize
 }
 
 enum LockRound {
@@ -213,13 +258,22 @@ fn lock_all(dirs: &[(PathBuf, Arc<OwnedFd>)], source: &Path, content: &str) -> R
     Ok(LockRound::All(held))
 }
 
+fn release_pins(m: HashMap<PathBuf, MailboxCapture>, budget: &PinBudget) {
+    for l in m.into_values().flat_map(|m| m.new.into_iter().chain(m.cur)) {
+        if l.pin.is_some() {
+            budget.release();
+        }
+    }
+}
+
 fn list_all(
     dirs: &[(PathBuf, Arc<OwnedFd>)],
     source: &Path,
+    budget: &PinBudget,
 ) -> Result<HashMap<PathBuf, MailboxCapture>> {
     let mut out = HashMap::with_capacity(dirs.len());
     for (rel, fd) in dirs {
-        match capture_mailbox(fd.as_fd(), &source.join(rel)) {
+        match capture_mailbox(fd.as_fd(), &source.join(rel), budget) {
             Ok(m) => {
                 out.insert(rel.clone(), m);
             }
@@ -239,8 +293,13 @@ fn hold_for_test(hold: Duration, source: &Path) -> Result<()> {
 }
 
 /// Reads the control files and lists `new/` and `cur/` of the mailbox open at `dir` (whose
-/// path is `path`), with the listing check. Called under the mailbox's lock where there is one.
-pub fn capture_mailbox(dir: BorrowedFd<'_>, path: &Path) -> Result<MailboxCapture> {
+/// path is `path`), with the listing check, then pins the listed files. Called under the
+/// mailbox's lock where there is one.
+pub fn capture_mailbox(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    budget: &PinBudget,
+) -> Result<MailboxCapture> {
     let new = sys::open_dir_at(dir, OsStr::from_bytes(names::NEW))
         .map_err(|e| Error::io("cannot open", path.join("new"), e))?;
     let cur = sys::open_dir_at(dir, OsStr::from_bytes(names::CUR))
@@ -254,12 +313,15 @@ pub fn capture_mailbox(dir: BorrowedFd<'_>, path: &Path) -> Result<MailboxCaptur
         let after = (dir_stamp(&new, path)?, dir_stamp(&cur, path)?);
         let unique = unique_bases(&n, &c);
         if before == after && unique {
-            return Ok(MailboxCapture {
+            let mut m = MailboxCapture {
                 control,
                 new: n,
                 cur: c,
                 settled: true,
-            });
+                pin_time: Duration::ZERO,
+            };
+            pin_listed(&mut m, &new, &cur, budget);
+            return Ok(m);
         }
         log::debug!(
             "{} changed during its listing; listing again",
@@ -281,12 +343,29 @@ pub fn capture_mailbox(dir: BorrowedFd<'_>, path: &Path) -> Result<MailboxCaptur
     for (_, (in_cur, l)) in union {
         if in_cur { cur_l.push(l) } else { new_l.push(l) }
     }
-    Ok(MailboxCapture {
+    let mut m = MailboxCapture {
         control,
         new: new_l,
         cur: cur_l,
         settled: false,
-    })
+        pin_time: Duration::ZERO,
+    };
+    pin_listed(&mut m, &new, &cur, budget);
+    Ok(m)
+}
+
+/// Pins every listed regular file (symlinks need no pin: their target text is read at
+/// freeze). A name that is already gone stays unpinned; freeze re-resolves it.
+fn pin_listed(m: &mut MailboxCapture, new: &OwnedFd, cur: &OwnedFd, budget: &PinBudget) {
+    let started = Instant::now();
+    for (fd, list) in [(new, &mut m.new), (cur, &mut m.cur)] {
+        for l in list.iter_mut() {
+            if l.d_type != libc::DT_LNK {
+                l.pin = budget.pin(fd.as_fd(), OsStr::from_bytes(&l.name));
+            }
+        }
+    }
+    m.pin_time = started.elapsed();
 }
 
 /// A directory's change stamp: (ino, mtime, ctime) in ns.
@@ -313,6 +392,7 @@ fn list_messages(fd: &OwnedFd, path: &Path) -> Result<Vec<Listed>> {
             name: e.name,
             ino: e.ino,
             d_type: e.d_type,
+            pin: None,
         })
         .collect())
 }
@@ -395,6 +475,7 @@ mod tests {
             name: name.as_bytes().to_vec(),
             ino: 1,
             d_type: libc::DT_REG,
+            pin: None,
         }
     }
 
@@ -416,11 +497,14 @@ mod tests {
         fs::write(t.path().join("cur/.hidden"), "z").unwrap();
         fs::write(t.path().join("dovecot-uidlist"), "3 V1 N3\n1 :1.a\n").unwrap();
         let fd = fs::File::open(t.path()).unwrap();
-        let m = capture_mailbox(fd.as_fd(), t.path()).unwrap();
+        let m = capture_mailbox(fd.as_fd(), t.path(), &PinBudget::fixed(1)).unwrap();
         assert!(m.settled);
         assert_eq!(m.new.len(), 1);
         assert_eq!(m.cur.len(), 1);
         assert_eq!(m.cur[0].name, b"2.b:2,S");
+        // One pin in the budget: the first listed file (new/) got it.
+        assert!(m.new[0].pin.is_some());
+        assert!(m.cur[0].pin.is_none());
         assert_eq!(m.control.len(), 1);
         assert_eq!(&*m.control[0].bytes, b"3 V1 N3\n1 :1.a\n");
     }

@@ -18,6 +18,7 @@ use crate::error::{Error, Result, escape_path};
 use crate::maildir::discover::is_mailbox;
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
+use crate::pin::PinBudget;
 use crate::snapshot::{
     Attr, Builder, Ino, NewContent, NewKind, NewNode, NodeIdx, Snapshot, Stamp, Totals,
 };
@@ -44,6 +45,7 @@ pub fn freeze(
     source: &Path,
     captures: Vec<AccountCapture>,
     exclude_indexes: bool,
+    budget: &PinBudget,
 ) -> Result<(Snapshot, FreezeReport)> {
     let root_st = sys::fstat(root).map_err(|e| Error::io("cannot stat source", source, e))?;
     let mut totals = Totals {
@@ -56,6 +58,7 @@ pub fn freeze(
     }
     let mut f = Freezer {
         root,
+        budget,
         source,
         dev: root_st.st_dev,
         exclude_indexes,
@@ -64,13 +67,12 @@ pub fn freeze(
         report: FreezeReport::default(),
         totals: &mut totals,
     };
-    let root_dup = root
-        .try_clone_to_owned()
-        .map_err(|e| Error::io("cannot open source", source, e))?;
+    // Breadth-first, and a pending directory holds no fd: it is opened (beneath SOURCE, no
+    // symlinks) only when its turn comes, so the walk needs a handful of fds however wide the
+    // tree is, and the rest of the fd budget stays with the pins.
     let mut queue = std::collections::VecDeque::new();
     queue.push_back(Pending {
         node: NodeIdx::ROOT,
-        fd: root_dup,
         rel: PathBuf::new(),
         role: Role::Plain,
     });
@@ -87,7 +89,6 @@ pub fn freeze(
 /// A directory whose children are still to be added.
 struct Pending {
     node: NodeIdx,
-    fd: OwnedFd,
     rel: PathBuf,
     role: Role,
 }
@@ -104,6 +105,7 @@ enum Role {
 
 struct Freezer<'a> {
     root: BorrowedFd<'a>,
+    budget: &'a PinBudget,
     source: &'a Path,
     dev: u64,
     exclude_indexes: bool,
@@ -116,21 +118,41 @@ struct Freezer<'a> {
 impl Freezer<'_> {
     /// Adds the children of one directory; returns the subdirectories to fill next.
     fn fill(&mut self, p: Pending) -> Result<Vec<Pending>> {
-        match p.role.clone() {
-            Role::Tmp => {
+        if let Role::Tmp = p.role {
+            self.builder.add_children(p.node, Vec::new());
+            return Ok(Vec::new());
+        }
+        let opened = if p.node == NodeIdx::ROOT {
+            self.root.try_clone_to_owned()
+        } else {
+            sys::open_beneath(
+                self.root,
+                p.rel.as_os_str(),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )
+        };
+        let fd = match opened {
+            Ok(fd) => fd,
+            Err(e) if p.node == NodeIdx::ROOT => {
+                return Err(Error::io("cannot open source", self.source, e));
+            }
+            Err(e) => {
+                log::warn!("cannot open {}: {e}; shown empty", self.show(&p.rel));
                 self.builder.add_children(p.node, Vec::new());
-                Ok(Vec::new())
+                return Ok(Vec::new());
             }
+        };
+        match p.role.clone() {
             Role::Messages { mailbox, cur } => {
-                self.fill_messages(&p, &mailbox, cur);
+                self.fill_messages(&p, fd.as_fd(), &mailbox, cur);
                 Ok(Vec::new())
             }
-            Role::Plain => self.fill_plain(p),
+            _ => self.fill_plain(p, fd.as_fd()),
         }
     }
 
-    fn fill_plain(&mut self, p: Pending) -> Result<Vec<Pending>> {
-        let entries = match sys::read_dir(p.fd.as_fd()) {
+    fn fill_plain(&mut self, p: Pending, dir: BorrowedFd<'_>) -> Result<Vec<Pending>> {
+        let entries = match sys::read_dir(dir) {
             Ok(e) => e,
             Err(e) if p.node == NodeIdx::ROOT => {
                 return Err(Error::io("cannot read source", self.source, e));
@@ -141,14 +163,14 @@ impl Freezer<'_> {
                 return Ok(Vec::new());
             }
         };
-        let mailbox = is_mailbox(p.fd.as_fd(), &entries);
+        let mailbox = is_mailbox(dir, &entries);
         if mailbox && !self.mailboxes.contains_key(&p.rel) {
             // Created after discovery: capture it now, without a lock.
             log::warn!(
                 "mailbox {} appeared during capture; captured without its lock",
                 self.show(&p.rel)
             );
-            let m = capture::capture_mailbox(p.fd.as_fd(), &self.source.join(&p.rel))?;
+            let m = capture::capture_mailbox(dir, &self.source.join(&p.rel), self.budget)?;
             self.mailboxes.insert(p.rel.clone(), m);
             self.report.late_mailboxes.push(p.rel.clone());
         }
@@ -164,7 +186,7 @@ impl Freezer<'_> {
         let mut roles: HashMap<Vec<u8>, Role> = HashMap::new();
         let mut has_tmp = false;
         for entry in entries {
-            let name = entry.name;
+            let name = entry.name.clone();
             let special =
                 mailbox && (name == names::CUR || name == names::NEW || name == names::TMP);
             if !special && names::is_hidden(&name, place, self.exclude_indexes) {
@@ -184,12 +206,13 @@ impl Freezer<'_> {
                             ..attr_of(&c.stat)
                         },
                         name,
+                        pin: None,
                     });
                 }
                 continue;
             }
-            let st = match sys::lstat_at(p.fd.as_fd(), OsStr::from_bytes(&name)) {
-                Ok(st) => st,
+            let (st, pin) = match self.stat_entry(dir, &name, entry.d_type) {
+                Ok(found) => found,
                 Err(e) => {
                     log::warn!(
                         "cannot stat {}: {e}",
@@ -213,7 +236,7 @@ impl Freezer<'_> {
                 };
                 roles.insert(name.clone(), role);
             }
-            if let Some(n) = self.new_node(p.fd.as_fd(), &p.rel, name, &st) {
+            if let Some(n) = self.new_node(dir, &p.rel, name, &st, pin) {
                 children.push(n);
             }
         }
@@ -227,6 +250,7 @@ impl Freezer<'_> {
                     name: names::TMP.to_vec(),
                     kind: NewKind::Dir,
                     attr,
+                    pin: None,
                 });
                 roles.insert(names::TMP.to_vec(), Role::Tmp);
             }
@@ -243,29 +267,31 @@ impl Freezer<'_> {
             let name = self.builder.name(idx).to_vec();
             let rel = p.rel.join(OsStr::from_bytes(&name));
             let role = roles.remove(&name).unwrap_or(Role::Plain);
-            let fd = match role {
-                // A synthetic tmp/ has no directory to open; it has no children either.
-                Role::Tmp => {
-                    self.builder.add_children(idx, Vec::new());
-                    continue;
-                }
-                _ => match sys::open_dir_at(p.fd.as_fd(), OsStr::from_bytes(&name)) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        log::warn!("cannot open {}: {e}; shown empty", self.show(&rel));
-                        self.builder.add_children(idx, Vec::new());
-                        continue;
-                    }
-                },
-            };
             next.push(Pending {
                 node: idx,
-                fd,
                 rel,
                 role,
             });
         }
         Ok(next)
+    }
+
+    /// A node for an entry of a plain or mailbox directory, or `None` if it is left out.
+    /// The attributes of an entry, and its pin: a regular file is pinned first and then
+    /// `fstat`ed through the pin, so the attributes and the bytes served are of one inode.
+    fn stat_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        d_type: u8,
+    ) -> std::io::Result<(sys::Stat, Option<OwnedFd>)> {
+        if d_type == libc::DT_REG
+            && let Some(pin) = self.budget.pin(dir, OsStr::from_bytes(name))
+        {
+            let st = sys::fstat(pin.as_fd())?;
+            return Ok((st, Some(pin)));
+        }
+        sys::lstat_at(dir, OsStr::from_bytes(name)).map(|st| (st, None))
     }
 
     /// A node for an entry of a plain or mailbox directory, or `None` if it is left out.
@@ -275,7 +301,13 @@ impl Freezer<'_> {
         rel: &Path,
         name: Vec<u8>,
         st: &sys::Stat,
+        pin: Option<OwnedFd>,
     ) -> Option<NewNode> {
+        let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        if pin.is_some() && !regular {
+            self.budget.release();
+        }
+        let pin = pin.filter(|_| regular);
         let kind = match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => {
                 if st.st_dev != self.dev {
@@ -316,45 +348,27 @@ impl Freezer<'_> {
             name,
             kind,
             attr: attr_of(st),
+            pin,
         })
     }
 
-    /// Adds the messages of a `cur/` or `new/` as listed under the lock.
-    fn fill_messages(&mut self, p: &Pending, mailbox: &Path, cur: bool) {
-        let Some(m) = self.mailboxes.get(mailbox) else {
-            self.builder.add_children(p.node, Vec::new());
-            return;
+    /// Adds the messages of a `cur/` or `new/` as listed (and pinned) under the lock.
+    fn fill_messages(&mut self, p: &Pending, dir: BorrowedFd<'_>, mailbox: &Path, cur: bool) {
+        let listed = match self.mailboxes.get_mut(mailbox) {
+            Some(m) if cur => std::mem::take(&mut m.cur),
+            Some(m) => std::mem::take(&mut m.new),
+            None => Vec::new(),
         };
-        let listed: Vec<Listed> = if cur { m.cur.clone() } else { m.new.clone() };
         let mut children = Vec::with_capacity(listed.len());
         let mut relisted: Option<Vec<(OwnedFd, Vec<sys::DirEntry>)>> = None;
-        for l in listed {
-            let st = match sys::lstat_at(p.fd.as_fd(), OsStr::from_bytes(&l.name)) {
-                Ok(st) => Some(st),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    // Renamed (flags, new -> cur) since the listing: same base name, same inode.
-                    let found = self.find_renamed(mailbox, &l, &mut relisted);
-                    if found.is_none() {
-                        log::warn!(
-                            "message {} was expunged before it could be frozen",
-                            self.show(&p.rel.join(OsStr::from_bytes(&l.name)))
-                        );
-                        self.report.vanished += 1;
-                    }
-                    found
-                }
-                Err(e) => {
-                    log::warn!(
-                        "cannot stat {}: {e}",
-                        self.show(&p.rel.join(OsStr::from_bytes(&l.name)))
-                    );
-                    None
-                }
+        for mut l in listed {
+            let Some((st, pin)) = self.message_stat(p, dir, mailbox, &mut l, &mut relisted) else {
+                continue;
             };
-            let Some(st) = st else { continue };
+            let name = l.name;
             let kind = match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => NewKind::File(NewContent::Message),
-                libc::S_IFLNK => match sys::readlink_at(p.fd.as_fd(), OsStr::from_bytes(&l.name)) {
+                libc::S_IFLNK => match sys::readlink_at(dir, OsStr::from_bytes(&name)) {
                     Ok(t) => NewKind::Symlink(t),
                     Err(_) => continue,
                 },
@@ -368,21 +382,71 @@ impl Freezer<'_> {
                 self.totals.bytes += st.st_size as u64;
             }
             children.push(NewNode {
-                name: l.name,
+                name,
                 kind,
                 attr: attr_of(&st),
+                pin,
             });
         }
         self.builder.add_children(p.node, children);
     }
 
-    /// Finds a message listed as `l` under its current name in `cur/` or `new/`.
+    /// The attributes (and pin) of a listed message: through its pin when it has one (the pin
+    /// must be the listed inode), else by name, else, if it was renamed since the listing, by
+    /// base name and inode.
+    fn message_stat(
+        &mut self,
+        p: &Pending,
+        dir: BorrowedFd<'_>,
+        mailbox: &Path,
+        l: &mut Listed,
+        relisted: &mut Option<Vec<(OwnedFd, Vec<sys::DirEntry>)>>,
+    ) -> Option<(sys::Stat, Option<OwnedFd>)> {
+        if let Some(pin) = l.pin.take() {
+            if let Ok(st) = sys::fstat(pin.as_fd())
+                && st.st_ino == l.ino
+            {
+                return Some((st, Some(pin)));
+            }
+            // The name was replaced between listing and pinning: not the listed file.
+            self.budget.release();
+        }
+        let path = p.rel.join(OsStr::from_bytes(&l.name));
+        // Not pinned under the lock (over budget then, or the name was replaced): pin now if
+        // it is still the listed inode, and take the attributes through the pin.
+        if let Some(pin) = self.budget.pin(dir, OsStr::from_bytes(&l.name)) {
+            match sys::fstat(pin.as_fd()) {
+                Ok(st) if st.st_ino == l.ino => return Some((st, Some(pin))),
+                _ => self.budget.release(),
+            }
+        }
+        match sys::lstat_at(dir, OsStr::from_bytes(&l.name)) {
+            Ok(st) => Some((st, None)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let found = self.find_renamed(mailbox, l, relisted);
+                if found.is_none() {
+                    log::warn!(
+                        "message {} was expunged before it could be frozen",
+                        self.show(&path)
+                    );
+                    self.report.vanished += 1;
+                }
+                found
+            }
+            Err(e) => {
+                log::warn!("cannot stat {}: {e}", self.show(&path));
+                None
+            }
+        }
+    }
+
+    /// Finds a message listed as `l` under its current name in `cur/` or `new/`, and pins it.
     fn find_renamed(
         &self,
         mailbox: &Path,
         l: &Listed,
         relisted: &mut Option<Vec<(OwnedFd, Vec<sys::DirEntry>)>>,
-    ) -> Option<sys::Stat> {
+    ) -> Option<(sys::Stat, Option<OwnedFd>)> {
         if relisted.is_none() {
             let mut dirs = Vec::new();
             let flags = libc::O_RDONLY | libc::O_DIRECTORY;
@@ -400,12 +464,20 @@ impl Freezer<'_> {
         let base = base_name(&l.name);
         for (fd, entries) in relisted.as_ref()? {
             for e in entries {
-                if e.ino == l.ino
-                    && base_name(&e.name) == base
-                    && let Ok(st) = sys::lstat_at(fd.as_fd(), OsStr::from_bytes(&e.name))
+                if e.ino != l.ino || base_name(&e.name) != base {
+                    continue;
+                }
+                let name = OsStr::from_bytes(&e.name);
+                if let Some(pin) = self.budget.pin(fd.as_fd(), name) {
+                    match sys::fstat(pin.as_fd()) {
+                        Ok(st) if st.st_ino == l.ino => return Some((st, Some(pin))),
+                        _ => self.budget.release(),
+                    }
+                }
+                if let Ok(st) = sys::lstat_at(fd.as_fd(), name)
                     && st.st_ino == l.ino
                 {
-                    return Some(st);
+                    return Some((st, None));
                 }
             }
         }

@@ -15,7 +15,8 @@
 //! - `capture.rs`: account-at-once capture and the listing check.
 //! - `freeze.rs`: builds the snapshot after the locks are gone.
 //! - `snapshot.rs`: the immutable image (no I/O).
-//! - `source.rs`: opening captured files in SOURCE safely, re-finding renamed messages.
+//! - `pin.rs`: the `O_PATH` pin budget that keeps captured inodes alive.
+//! - `source.rs`: opening captured files (pinned, or in SOURCE), re-finding renamed messages.
 //! - `fs.rs`: the thin `fuser::Filesystem` adapter.
 //! - `mount.rs`, `daemon.rs`, `umount.rs`, `runtime.rs`: the commands, detaching, state files.
 //! - `options.rs`, `logging.rs`, `error.rs`: options, log sinks, the error type.
@@ -32,6 +33,7 @@ pub mod logging;
 pub mod maildir;
 pub mod mount;
 pub mod options;
+pub mod pin;
 pub mod runtime;
 pub mod snapshot;
 pub mod source;

@@ -15,6 +15,7 @@ use crate::freeze::{self, FreezeReport};
 use crate::fs::MaildirFs;
 use crate::maildir;
 use crate::options::MountOptions;
+use crate::pin::PinBudget;
 use crate::runtime::{self, StateFile};
 use crate::snapshot::Snapshot;
 use crate::source::Source;
@@ -111,6 +112,8 @@ pub struct Captured {
     pub report: FreezeReport,
     pub accounts: Vec<AccountSummary>,
     pub elapsed: Duration,
+    /// The soft `RLIMIT_NOFILE` the pins had to fit in.
+    pub fd_limit: u64,
 }
 
 /// Per account, for the summary.
@@ -118,6 +121,8 @@ pub struct AccountSummary {
     pub root: PathBuf,
     pub unlocked: Option<String>,
     pub lock_hold: Duration,
+    /// The part of `lock_hold` spent pinning.
+    pub pin_time: Duration,
 }
 
 /// Discover, lock, capture and freeze SOURCE, without FUSE.
@@ -137,6 +142,7 @@ pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Resul
         timeout: opts.lock_timeout,
         test_hold: test_hold(),
     };
+    let budget = PinBudget::from_rlimit();
     let mut captures: Vec<AccountCapture> = Vec::with_capacity(found.accounts.len());
     for account in &found.accounts {
         captures.push(capture::capture_account(
@@ -144,6 +150,7 @@ pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Resul
             source,
             account,
             &policy,
+            &budget,
         )?);
     }
     let accounts = captures
@@ -152,14 +159,22 @@ pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Resul
             root: c.root.clone(),
             unlocked: c.unlocked.clone(),
             lock_hold: c.lock_hold,
+            pin_time: c.pin_time,
         })
         .collect();
-    let (snapshot, report) = freeze::freeze(root.as_fd(), source, captures, opts.exclude_indexes)?;
+    let (snapshot, report) = freeze::freeze(
+        root.as_fd(),
+        source,
+        captures,
+        opts.exclude_indexes,
+        &budget,
+    )?;
     Ok(Captured {
         snapshot,
         report,
         accounts,
         elapsed: started.elapsed(),
+        fd_limit: budget.limit,
     })
 }
 
@@ -296,9 +311,10 @@ pub fn summary_line(checked: &Checked, c: &Captured) -> String {
     let longest = c.accounts.iter().max_by_key(|a| a.lock_hold);
     let hold = match longest {
         Some(a) if !a.lock_hold.is_zero() => format!(
-            "longest lock hold {} ms ({})",
+            "longest lock hold {} ms ({}; {} ms of it pinning)",
             a.lock_hold.as_millis(),
-            display_rel(&a.root)
+            display_rel(&a.root),
+            a.pin_time.as_millis()
         ),
         _ => "no lock held".to_owned(),
     };
@@ -324,6 +340,14 @@ pub fn summary_line(checked: &Checked, c: &Captured) -> String {
         human_bytes(t.bytes),
         c.elapsed.as_secs_f64(),
     );
+    if t.unpinned == 0 {
+        line.push_str(&format!("; all {} files pinned", t.pinned));
+    } else {
+        line.push_str(&format!(
+            "; {} files pinned, {} unpinned (fd limit {}; unpinned files are found again by name)",
+            t.pinned, t.unpinned, c.fd_limit
+        ));
+    }
     if c.report.vanished > 0 {
         line.push_str(&format!(
             "; {} messages expunged before they could be frozen",

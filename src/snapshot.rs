@@ -14,6 +14,7 @@
 //!   one `Ino`, as they share one inode in SOURCE.
 
 use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,6 +120,9 @@ pub struct Totals {
     pub messages: usize,
     /// Bytes of all regular files in the image.
     pub bytes: u64,
+    /// Regular files held by an `O_PATH` pin, and those served by re-resolution instead.
+    pub pinned: usize,
+    pub unpinned: usize,
 }
 
 /// The frozen image.
@@ -131,6 +135,9 @@ pub struct Snapshot {
     inline: Vec<Arc<[u8]>>,
     /// (node id, node) for every node but the root, sorted; hard links appear once per path.
     by_ino: Vec<(Ino, NodeIdx)>,
+    /// The `O_PATH` pin of each node, by node index; `None` for directories, symlinks, inline
+    /// files and files over the pin budget.
+    pins: Vec<Option<OwnedFd>>,
     /// `st_dev` of SOURCE: every served file must be on it.
     pub source_dev: u64,
     pub totals: Totals,
@@ -152,6 +159,11 @@ impl Snapshot {
     pub fn name(&self, idx: NodeIdx) -> &[u8] {
         let n = self.node(idx);
         &self.names[n.name_off as usize..(n.name_off + n.name_len) as usize]
+    }
+
+    /// The pinned inode of a regular-file node, if it has one.
+    pub fn pin(&self, idx: NodeIdx) -> Option<BorrowedFd<'_>> {
+        self.pins.get(idx.0 as usize)?.as_ref().map(|fd| fd.as_fd())
     }
 
     pub fn inline(&self, i: u32) -> &Arc<[u8]> {
@@ -232,11 +244,12 @@ pub struct Builder {
 }
 
 /// A node before it is placed: what `Builder::add_children` takes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NewNode {
     pub name: Vec<u8>,
     pub kind: NewKind,
     pub attr: Attr,
+    pub pin: Option<OwnedFd>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +270,7 @@ impl Builder {
     pub fn new(root: Attr, source_dev: u64) -> Builder {
         let mut b = Builder::default();
         b.snap.source_dev = source_dev;
+        b.snap.pins.push(None);
         b.snap.nodes.push(Node {
             parent: NodeIdx::ROOT,
             name_off: 0,
@@ -295,6 +309,7 @@ impl Builder {
             if attr.ino.0 <= Ino::ROOT.0 || attr.ino.0 >= SYNTHETIC_INO {
                 attr.ino = Ino(SYNTHETIC_INO + u64::from(idx.0));
             }
+            self.snap.pins.push(c.pin);
             self.snap.nodes.push(Node {
                 parent: dir,
                 name_off,
@@ -349,6 +364,15 @@ impl Builder {
         }
         snap.by_ino = by_ino;
         snap.totals = totals;
+        snap.totals.pinned = snap.pins.iter().filter(|p| p.is_some()).count();
+        snap.totals.unpinned = snap
+            .nodes
+            .iter()
+            .zip(&snap.pins)
+            .filter(|(n, p)| {
+                p.is_none() && matches!(n.kind, Kind::File(Content::Source | Content::Message))
+            })
+            .count();
         self.snap
     }
 }
@@ -408,6 +432,7 @@ mod tests {
             name: name.as_bytes().to_vec(),
             kind: NewKind::File(NewContent::Source),
             attr: attr(ino),
+            pin: None,
         }
     }
 
@@ -422,6 +447,7 @@ mod tests {
                     name: b"dir".to_vec(),
                     kind: NewKind::Dir,
                     attr: attr(10),
+                    pin: None,
                 },
                 file("alpha", 30),
             ],

@@ -1,6 +1,7 @@
 //! Reading the image's bytes back from SOURCE, for the FUSE adapter and for tests without FUSE.
 //!
-//! Every open goes through the one SOURCE directory fd with `openat2(RESOLVE_BENEATH |
+//! A pinned file (see `pin.rs`) is reopened through its pin: it is the captured inode whatever
+//! happened to its name. An unpinned one is opened through the one SOURCE directory fd with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` (or an `O_NOFOLLOW` walk), so nothing outside SOURCE
 //! is ever opened, and the opened file's (dev, ino) must be the captured one before a byte is
 //! served. A message renamed after capture is found again by its base name and inode in its
@@ -79,17 +80,31 @@ impl Source {
             return Ok(Opened::Inline(Arc::clone(snap.inline(i))));
         }
         let ino = snap.node(idx).attr.ino;
-        // Try the captured path of every link to this inode first, then (for messages) look
-        // for a renamed file; the content of a message never changes, only its name.
+        let links = || std::iter::once(idx).chain(snap.links(ino).filter(move |&l| l != idx));
+        // A pinned inode is the captured file whatever happened to its name since.
+        for link in links() {
+            if let Some(pin) = snap.pin(link) {
+                match reopen(pin).and_then(|fd| self.check(snap, link, fd)) {
+                    Ok(f) => return Ok(Opened::File(Arc::new(f))),
+                    Err(e) => log::warn!(
+                        "cannot reopen pinned {}: {e}",
+                        escape_path(&self.path.join(snap.rel_path(link)))
+                    ),
+                }
+            }
+        }
+        // Unpinned (over the fd budget): try the captured path of every link to this inode,
+        // then (for messages) look for a renamed file; a message's content never changes, only
+        // its name.
         let mut last = None;
-        for link in std::iter::once(idx).chain(snap.links(ino).filter(|&l| l != idx)) {
+        for link in links() {
             match self.open_checked(snap, link) {
                 Ok(f) => return Ok(Opened::File(Arc::new(f))),
                 Err(e) => last = Some(e),
             }
         }
         if content == Content::Message {
-            for link in std::iter::once(idx).chain(snap.links(ino).filter(|&l| l != idx)) {
+            for link in links() {
                 if let Some(f) = self.refind_message(snap, link) {
                     self.refound.fetch_add(1, Ordering::Relaxed);
                     return Ok(Opened::File(Arc::new(f)));
@@ -174,6 +189,14 @@ impl Source {
             }
         }
         None
+    }
+}
+
+/// Reopens a pinned inode for reading, without touching atime where allowed.
+fn reopen(pin: std::os::fd::BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    match sys::reopen_pinned(pin, libc::O_RDONLY | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => sys::reopen_pinned(pin, libc::O_RDONLY),
+        other => other,
     }
 }
 

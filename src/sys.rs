@@ -448,3 +448,84 @@ pub fn syslog(priority: libc::c_int, line: &str) {
     // format directive in `line` is interpreted.
     unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
 }
+
+/// Opens `name` in `dir` with `O_PATH|O_NOFOLLOW`: a handle on the inode that keeps it alive
+/// (and its bytes readable) after it is renamed or unlinked, without opening it for I/O, without
+/// touching atime, ctime or nlink.
+pub fn pin_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    openat(dir, name, libc::O_PATH)
+}
+
+/// Reopens a pinned inode for reading through `/proc/self/fd/N` (the kernel resolves that magic
+/// link to the inode itself, whatever its name is now, or if it has none left).
+pub fn reopen_pinned(pin: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let path = CString::new(format!("/proc/self/fd/{}", pin.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    loop {
+        // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+        let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd >= 0 {
+            // SAFETY: open just returned this fd to us and nothing else owns it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` as far as this process may: first towards `fs.nr_open`
+/// (which needs `CAP_SYS_RESOURCE` above the hard limit), else to the hard limit. Returns the
+/// soft limit in force afterwards.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(lim.rlim_max);
+    for target in [nr_open.max(lim.rlim_max), lim.rlim_max] {
+        if target <= lim.rlim_cur {
+            break;
+        }
+        let want = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: target.max(lim.rlim_max),
+        };
+        // SAFETY: want is a valid rlimit; failure leaves the limit as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = target;
+            break;
+        }
+    }
+    lim.rlim_cur
+}
+
+/// How many fds this process has open now.
+pub fn open_fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1))
+}
+
+/// Grows this process's fd table to hold fd number `n`, by duplicating an open fd to the lowest
+/// free number at or above `n` (`F_DUPFD`, which never replaces an open fd) and closing it
+/// again. The kernel never shrinks the table, and growing it later, in a multi-threaded process,
+/// waits for an RCU grace period (milliseconds) each time it doubles: doing it up front keeps
+/// that wait out of the lock hold.
+pub fn grow_fd_table(n: usize, any_open: BorrowedFd<'_>) {
+    let Ok(n) = libc::c_int::try_from(n) else {
+        return;
+    };
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd (>= n) that nothing else owns, or -1.
+    let fd = unsafe { libc::fcntl(any_open.as_raw_fd(), libc::F_DUPFD_CLOEXEC, n) };
+    if fd >= 0 {
+        // SAFETY: `fd` was just created for us and is closed exactly once, here.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+}

@@ -151,13 +151,32 @@ impl Mounted {
     }
 
     pub fn with_env(fx: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> Mounted {
+        Self::mount(fx, extra, env, None)
+    }
+
+    /// Mounts with `RLIMIT_NOFILE` set to `limit` (soft and hard), so the pin budget is what
+    /// is left of `limit` after the server's reserve: 0 pins for a limit below about 260.
+    pub fn with_nofile(fx: &Fixture, extra: &[&str], limit: u64) -> Mounted {
+        Self::mount(fx, extra, &[], Some(limit))
+    }
+
+    fn mount(fx: &Fixture, extra: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Mounted {
         let mut args: Vec<&OsStr> = vec![OsStr::new("mount")];
         args.extend(extra.iter().map(OsStr::new));
         let src = fx.src();
         let mnt = fx.mnt();
         args.push(src.as_os_str());
         args.push(mnt.as_os_str());
-        let out = run(&args, env);
+        let out = match nofile {
+            None => run(&args, env),
+            Some(limit) => Command::new("prlimit")
+                .arg(format!("--nofile={limit}:{limit}"))
+                .arg(BIN)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run prlimit maildirfs"),
+        };
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "mount failed: {stderr}");
         assert!(is_mounted(&mnt), "mount returned 0 but nothing is mounted");
@@ -218,6 +237,8 @@ pub struct Seen {
     pub gid: u32,
     pub size: u64,
     pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    pub nlink: u64,
     pub bytes: Option<Vec<u8>>,
     pub link: Option<Vec<u8>>,
 }
@@ -260,6 +281,8 @@ fn walk(root: &Path, dir: &Path, read: bool, out: &mut BTreeMap<Vec<u8>, Seen>) 
                 gid: m.gid(),
                 size: if ft.is_dir() { 0 } else { m.size() },
                 mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+                nlink: m.nlink(),
                 bytes: (read && ft.is_file()).then(|| std::fs::read(&p).unwrap()),
                 link: ft.is_symlink().then(|| {
                     std::fs::read_link(&p)
@@ -304,4 +327,48 @@ pub fn hostname() -> String {
         .unwrap_or_default()
         .trim()
         .to_owned()
+}
+
+/// A tree listing without the times of mailbox directories: creating and removing
+/// `dovecot-uidlist.lock` in them changes those, exactly as every Dovecot lock does.
+pub fn without_lock_dir_times(t: &BTreeMap<Vec<u8>, Seen>) -> BTreeMap<Vec<u8>, Seen> {
+    t.iter()
+        .map(|(rel, s)| {
+            let mut s = s.clone();
+            let mut cur = rel.clone();
+            cur.extend_from_slice(b"/cur");
+            if s.kind == "dir" && t.contains_key(&cur) {
+                s.mtime = (0, 0);
+                s.ctime = (0, 0);
+            }
+            (rel.clone(), s)
+        })
+        .collect()
+}
+
+/// A generated account: INBOX and two folders with `n` messages in all, a uidlist, an index
+/// log. Returns the message paths relative to src.
+pub fn store(fx: &Fixture, n: usize) -> Vec<PathBuf> {
+    let boxes = ["Maildir", "Maildir/.Sent", "Maildir/.Archive"];
+    for b in boxes {
+        fx.mailbox(b);
+    }
+    let mut out = Vec::new();
+    for i in 0..n {
+        let b = boxes[i % boxes.len()];
+        let sub = if i % 4 == 0 { "new" } else { "cur" };
+        let flags = if sub == "cur" { ":2,S" } else { "" };
+        let rel = PathBuf::from(format!(
+            "{b}/{sub}/{}.M{i}P7.host,S=64{flags}",
+            1_700_000_000 + i
+        ));
+        let body = format!("Message-ID: <{i}@test>\n\n{}\n", "x".repeat(40 + i % 20));
+        fx.write(&rel, body.as_bytes());
+        out.push(rel);
+    }
+    for b in boxes {
+        fx.write(format!("{b}/dovecot-uidlist"), b"3 V1 N1\n");
+        fx.write(format!("{b}/dovecot.index.log"), b"index log v1\n");
+    }
+    out
 }

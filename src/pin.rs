@@ -1,0 +1,104 @@
+//! The pin budget. Every captured regular file is pinned with an `O_PATH` fd so that its inode,
+//! and so its bytes, stay reachable whatever happens to its name afterwards (rename, expunge,
+//! rename-replace); reads reopen the pinned inode. Hard links are not used: `link()` would change
+//! the message's ctime and nlink, and Dovecot uses ctime as the save-date fallback.
+//!
+//! One fd per file costs about 250 bytes of kernel memory and counts against `RLIMIT_NOFILE`,
+//! which is raised as far as the process may. What does not fit in the budget is served by
+//! re-resolution instead (see `source.rs`); the summary says how many of each.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::sys;
+
+/// fds kept free for everything else: FUSE channels (one per thread with `clone_fd`), directory
+/// fds during capture, reopened files being read, the log file, the state file.
+pub const RESERVE: usize = 256;
+
+/// How many more files may be pinned.
+#[derive(Debug)]
+pub struct PinBudget {
+    left: AtomicUsize,
+    /// Pins held now.
+    in_use: AtomicUsize,
+    /// fds open when the budget was made.
+    base: usize,
+    /// The soft `RLIMIT_NOFILE` in force, for the summary.
+    pub limit: u64,
+}
+
+impl PinBudget {
+    /// Raises the fd limit and sizes the budget from it.
+    pub fn from_rlimit() -> PinBudget {
+        let limit = sys::raise_nofile_limit();
+        let used = sys::open_fd_count();
+        let left = (limit as usize).saturating_sub(used + RESERVE);
+        PinBudget {
+            left: AtomicUsize::new(left),
+            in_use: AtomicUsize::new(0),
+            base: used,
+            limit,
+        }
+    }
+
+    /// A budget of exactly `n` pins (tests).
+    pub fn fixed(n: usize) -> PinBudget {
+        PinBudget {
+            left: AtomicUsize::new(n),
+            in_use: AtomicUsize::new(0),
+            base: sys::open_fd_count(),
+            limit: n as u64,
+        }
+    }
+
+    /// Pins `name` in `dir` if the budget allows. `None` when over budget or the open fails
+    /// (the name is gone: the caller falls back to re-resolution).
+    pub fn pin(&self, dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Option<OwnedFd> {
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .ok()?;
+        match sys::pin_at(dir, name) {
+            Ok(fd) => {
+                self.in_use.fetch_add(1, Ordering::Relaxed);
+                Some(fd)
+            }
+            Err(_) => {
+                self.left.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Gives back the budget of a pin that was dropped.
+    pub fn release(&self) {
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
+        self.left.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets aside up to `n` fds of the budget for directories held open for a while (an
+    /// account's mailbox directories during its capture); returns how many, to give back with
+    /// [`PinBudget::unhold`]. Those directories come before pins.
+    pub fn hold(&self, n: usize) -> usize {
+        let mut taken = 0;
+        let _ = self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                taken = n.min(left);
+                Some(left - taken)
+            });
+        taken
+    }
+
+    pub fn unhold(&self, n: usize) {
+        self.left.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Makes room in the fd table for `expected` more pins before a lock is taken (see
+    /// `sys::grow_fd_table`), within the budget.
+    pub fn reserve_table(&self, expected: usize, any_open: BorrowedFd<'_>) {
+        let room = expected.min(self.left.load(Ordering::Relaxed));
+        let top = self.base + self.in_use.load(Ordering::Relaxed) + room + RESERVE / 2;
+        sys::grow_fd_table(top.min(self.limit.saturating_sub(1) as usize), any_open);
+    }
+}
