@@ -46,6 +46,11 @@ pub struct LockPolicy {
     /// Test-only: how long to keep the locks after listing (`MAILDIRFS_TEST_HOLD_MS`), so tests
     /// can observe the held set and Dovecot waiting.
     pub test_hold: Duration,
+    /// Diagnostic and test only, never set by the command line: lock and capture each mailbox
+    /// on its own, as a per-mailbox tool would (with `test_hold` as the gap between mailboxes).
+    /// A message MOVEd between folders can then vanish from the image; the Dovecot tests use
+    /// it to show that they can catch that.
+    pub one_mailbox_at_a_time: bool,
 }
 
 /// One entry of a `new/` or `cur/` listing.
@@ -136,6 +141,45 @@ fn capture_account_with(
     }
     // Size the fd table for this account's pins now, so it does not grow under the locks.
     budget.reserve_table(expected_entries(&dirs), root);
+    if !policy.one_mailbox_at_a_time {
+        return capture_set(&dirs, source, account, policy, budget);
+    }
+    // Diagnostic mode: each mailbox under its own lock, one after another, with the test hold
+    // as a gap between them.
+    let mut whole: Option<AccountCapture> = None;
+    for dir in &dirs {
+        let solo = LockPolicy {
+            test_hold: Duration::ZERO,
+            ..policy.clone()
+        };
+        let part = capture_set(std::slice::from_ref(dir), source, account, &solo, budget)?;
+        match whole.as_mut() {
+            None => whole = Some(part),
+            Some(w) => {
+                w.mailboxes.extend(part.mailboxes);
+                w.lock_hold = w.lock_hold.max(part.lock_hold);
+                w.unlocked = w.unlocked.take().or(part.unlocked);
+            }
+        }
+        hold_for_test(policy.test_hold, source)?;
+    }
+    whole.ok_or_else(|| {
+        Error::msg(
+            "cannot capture",
+            source.join(&account.root),
+            "no mailbox left",
+        )
+    })
+}
+
+/// Captures a set of mailboxes with all their locks held at once.
+fn capture_set(
+    dirs: &[(PathBuf, Arc<OwnedFd>)],
+    source: &Path,
+    account: &Account,
+    policy: &LockPolicy,
+    budget: &PinBudget,
+) -> Result<AccountCapture> {
     let deadline = Instant::now() + policy.timeout;
     let content = lock_content();
     let mut rng = Jitter::new();
@@ -143,10 +187,10 @@ fn capture_account_with(
     let mut why_unlocked: Option<String> = policy.no_lock.then(|| "--no-lock given".to_owned());
     while why_unlocked.is_none() {
         cancelled(source)?;
-        match lock_all(&dirs, source, &content) {
+        match lock_all(dirs, source, &content) {
             Ok(LockRound::All(locks)) => {
                 let started = Instant::now();
-                let listed = list_all(&dirs, source, budget);
+                let listed = list_all(dirs, source, budget);
                 if !policy.test_hold.is_zero() {
                     hold_for_test(policy.test_hold, source)?;
                 }
@@ -211,7 +255,7 @@ fn capture_account_with(
             crate::error::escape_path(&where_)
         );
     }
-    let mailboxes = list_all(&dirs, source, budget)?;
+    let mailboxes = list_all(dirs, source, budget)?;
     Ok(AccountCapture {
         root: account.root.clone(),
         pin_time: mailboxes.values().map(|m| m.pin_time).sum(),
@@ -354,18 +398,60 @@ pub fn capture_mailbox(
     Ok(m)
 }
 
+/// How many times `new/` and `cur/` are read again to find files that a client taking no lock
+/// renamed between their listing and their pin (or, in freeze, their `lstat`).
+pub const RELISTS: usize = 8;
+
 /// Pins every listed regular file (symlinks need no pin: their target text is read at
-/// freeze). A name that is already gone stays unpinned; freeze re-resolves it.
+/// freeze). A file renamed since the listing (a mail client flipping flags without a lock) is
+/// found again by inode and base name and pinned under its new name; it keeps its captured
+/// name in the image.
 fn pin_listed(m: &mut MailboxCapture, new: &OwnedFd, cur: &OwnedFd, budget: &PinBudget) {
     let started = Instant::now();
     for (fd, list) in [(new, &mut m.new), (cur, &mut m.cur)] {
-        for l in list.iter_mut() {
-            if l.d_type != libc::DT_LNK {
-                l.pin = budget.pin(fd.as_fd(), OsStr::from_bytes(&l.name));
+        for l in list.iter_mut().filter(|l| l.d_type != libc::DT_LNK) {
+            l.pin = budget.pin(fd.as_fd(), OsStr::from_bytes(&l.name));
+        }
+    }
+    for _ in 0..RELISTS {
+        let unpinned = |l: &&mut Listed| l.pin.is_none() && l.d_type != libc::DT_LNK;
+        if budget.exhausted()
+            || !m
+                .new
+                .iter_mut()
+                .chain(m.cur.iter_mut())
+                .any(|l| unpinned(&l))
+        {
+            break;
+        }
+        let Ok(now) = current_names(new.as_fd(), cur.as_fd()) else {
+            break;
+        };
+        for l in m.new.iter_mut().chain(m.cur.iter_mut()).filter(unpinned) {
+            if let Some((in_cur, name)) = now.get(&l.ino)
+                && base_name(name) == base_name(&l.name)
+            {
+                let dir = if *in_cur { cur } else { new };
+                l.pin = budget.pin(dir.as_fd(), OsStr::from_bytes(name));
             }
         }
     }
     m.pin_time = started.elapsed();
+}
+
+/// The current name of every entry of a mailbox's `new/` and `cur/`, by inode number, with
+/// whether it is in `cur/`.
+pub fn current_names(
+    new: BorrowedFd<'_>,
+    cur: BorrowedFd<'_>,
+) -> std::io::Result<HashMap<u64, (bool, Vec<u8>)>> {
+    let mut out = HashMap::new();
+    for (in_cur, fd) in [(false, new), (true, cur)] {
+        for e in sys::read_dir(fd)? {
+            out.insert(e.ino, (in_cur, e.name));
+        }
+    }
+    Ok(out)
 }
 
 /// A directory's change stamp: (ino, mtime, ctime) in ns.

@@ -360,9 +360,8 @@ impl Freezer<'_> {
             None => Vec::new(),
         };
         let mut children = Vec::with_capacity(listed.len());
-        let mut relisted: Option<Vec<(OwnedFd, Vec<sys::DirEntry>)>> = None;
         for mut l in listed {
-            let Some((st, pin)) = self.message_stat(p, dir, mailbox, &mut l, &mut relisted) else {
+            let Some((st, pin)) = self.message_stat(p, dir, mailbox, &mut l) else {
                 continue;
             };
             let name = l.name;
@@ -400,7 +399,6 @@ impl Freezer<'_> {
         dir: BorrowedFd<'_>,
         mailbox: &Path,
         l: &mut Listed,
-        relisted: &mut Option<Vec<(OwnedFd, Vec<sys::DirEntry>)>>,
     ) -> Option<(sys::Stat, Option<OwnedFd>)> {
         if let Some(pin) = l.pin.take() {
             if let Ok(st) = sys::fstat(pin.as_fd())
@@ -423,7 +421,7 @@ impl Freezer<'_> {
         match sys::lstat_at(dir, OsStr::from_bytes(&l.name)) {
             Ok(st) => Some((st, None)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                let found = self.find_renamed(mailbox, l, relisted);
+                let found = self.find_renamed(mailbox, l);
                 if found.is_none() {
                     log::warn!(
                         "message {} was expunged before it could be frozen",
@@ -440,45 +438,34 @@ impl Freezer<'_> {
         }
     }
 
-    /// Finds a message listed as `l` under its current name in `cur/` or `new/`, and pins it.
-    fn find_renamed(
-        &self,
-        mailbox: &Path,
-        l: &Listed,
-        relisted: &mut Option<Vec<(OwnedFd, Vec<sys::DirEntry>)>>,
-    ) -> Option<(sys::Stat, Option<OwnedFd>)> {
-        if relisted.is_none() {
-            let mut dirs = Vec::new();
-            let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-            if let Ok(mfd) = sys::open_beneath(self.root, mailbox.as_os_str(), flags) {
-                for sub in [names::CUR, names::NEW] {
-                    if let Ok(fd) = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(sub))
-                        && let Ok(entries) = sys::read_dir(fd.as_fd())
-                    {
-                        dirs.push((fd, entries));
-                    }
+    /// Finds a message listed as `l` under its current name in `cur/` or `new/` (same inode,
+    /// same base name), and pins it. A client renaming without a lock can move it again while
+    /// we look, so the directories are read up to `RELISTS` times.
+    fn find_renamed(&self, mailbox: &Path, l: &Listed) -> Option<(sys::Stat, Option<OwnedFd>)> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let mfd = sys::open_beneath(self.root, mailbox.as_os_str(), flags).ok()?;
+        let new = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(names::NEW)).ok()?;
+        let cur = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(names::CUR)).ok()?;
+        for _ in 0..capture::RELISTS {
+            let now = capture::current_names(new.as_fd(), cur.as_fd()).ok()?;
+            let Some((in_cur, name)) = now.get(&l.ino) else {
+                continue;
+            };
+            if base_name(name) != base_name(&l.name) {
+                return None;
+            }
+            let dir = if *in_cur { &cur } else { &new };
+            let name = OsStr::from_bytes(name);
+            if let Some(pin) = self.budget.pin(dir.as_fd(), name) {
+                match sys::fstat(pin.as_fd()) {
+                    Ok(st) if st.st_ino == l.ino => return Some((st, Some(pin))),
+                    _ => self.budget.release(),
                 }
             }
-            *relisted = Some(dirs);
-        }
-        let base = base_name(&l.name);
-        for (fd, entries) in relisted.as_ref()? {
-            for e in entries {
-                if e.ino != l.ino || base_name(&e.name) != base {
-                    continue;
-                }
-                let name = OsStr::from_bytes(&e.name);
-                if let Some(pin) = self.budget.pin(fd.as_fd(), name) {
-                    match sys::fstat(pin.as_fd()) {
-                        Ok(st) if st.st_ino == l.ino => return Some((st, Some(pin))),
-                        _ => self.budget.release(),
-                    }
-                }
-                if let Ok(st) = sys::lstat_at(fd.as_fd(), name)
-                    && st.st_ino == l.ino
-                {
-                    return Some((st, None));
-                }
+            if let Ok(st) = sys::lstat_at(dir.as_fd(), name)
+                && st.st_ino == l.ino
+            {
+                return Some((st, None));
             }
         }
         None

@@ -98,11 +98,12 @@ impl Logger {
 }
 
 impl Log for Logger {
+    /// Our own records at the chosen level; the FUSE library's only when they are errors, or
+    /// at debug level (it warns, for one, when it finds the view already unmounted at exit).
     fn enabled(&self, m: &Metadata<'_>) -> bool {
         let ours = m.target().starts_with("maildirfs");
-        (ours && m.level() <= self.level)
-            || m.level() <= self.level.min(LevelFilter::Warn)
-            || (!ours && self.level >= LevelFilter::Debug && m.level() <= self.level)
+        m.level() <= self.level
+            && (ours || m.level() == Level::Error || self.level >= LevelFilter::Debug)
     }
 
     fn log(&self, r: &Record<'_>) {

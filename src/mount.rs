@@ -141,6 +141,7 @@ pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Resul
         strict: opts.strict_lock,
         timeout: opts.lock_timeout,
         test_hold: test_hold(),
+        one_mailbox_at_a_time: false,
     };
     let budget = PinBudget::from_rlimit();
     let mut captures: Vec<AccountCapture> = Vec::with_capacity(found.accounts.len());

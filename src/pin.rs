@@ -70,6 +70,11 @@ impl PinBudget {
         }
     }
 
+    /// Whether no pin is left.
+    pub fn exhausted(&self) -> bool {
+        self.left.load(Ordering::Relaxed) == 0
+    }
+
     /// Gives back the budget of a pin that was dropped.
     pub fn release(&self) {
         self.in_use.fetch_sub(1, Ordering::Relaxed);

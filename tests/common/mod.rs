@@ -2,6 +2,8 @@
 //! binary, and a mount guard that always unmounts.
 #![allow(dead_code)]
 
+pub mod dovecot;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
