@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::churn::*;
 use common::dovecot::*;
 use common::*;
 use maildirfs::capture::{LockPolicy, capture_account};
@@ -54,7 +55,7 @@ fn dovecot_waits_for_our_locks_and_deliveries_do_not() {
 
     let (src, mnt) = (fx.src(), fx.mnt());
     let mount = std::thread::spawn(move || {
-        Command::new(BIN)
+        Command::new(bin())
             .args([OsStr::new("mount"), src.as_os_str(), mnt.as_os_str()])
             .env("MAILDIRFS_TEST_HOLD_MS", "4000")
             .stdin(Stdio::null())
@@ -279,15 +280,6 @@ fn policy(one_at_a_time: bool, gap_ms: u64) -> LockPolicy {
     }
 }
 
-/// What the churn workers did, with times, for the oracle.
-#[derive(Default)]
-struct Journal {
-    /// Message-ID -> (delivery finished, body hash).
-    delivered: HashMap<String, (Instant, u64)>,
-    /// Message-ID -> expunge started.
-    expunged: HashMap<String, Instant>,
-}
-
 #[test]
 fn churn_loses_no_message() {
     if !fuse_available() || !dovecot_available() {
@@ -312,7 +304,32 @@ fn churn_loses_no_message() {
             .delivered
             .insert(id, (Instant::now(), body_hash(&msg)));
     }
-    let report = run_churn(&fx, &dc, &journal, Duration::from_secs(15));
+    let log = fx.dir.join("maildirfs.log");
+    let mut through_maildirfs = |dest: &Path| {
+        let began = Instant::now();
+        let m = Mounted::new(&fx, &["--log-file", log.to_str().unwrap()]);
+        let complete = Instant::now();
+        let ok = Command::new("rsync")
+            .arg("-a")
+            .arg(format!("{}/", m.mnt.display()))
+            .arg(dest)
+            .status()
+            .is_ok_and(|s| s.success());
+        m.umount();
+        (began, complete, ok)
+    };
+    let report = run_churn(
+        &fx,
+        &dc,
+        &journal,
+        Duration::from_secs(15),
+        &mut through_maildirfs,
+    );
+    if let Ok(text) = std::fs::read_to_string(&log) {
+        for l in text.lines().filter(|l| l.contains("warning")) {
+            eprintln!("maildirfs log: {l}");
+        }
+    }
     eprintln!(
         "churn through maildirfs: {} cycles, {} messages checked, {} lost, {} duplicated, \
          {} stray files; workload: {}",
@@ -321,234 +338,10 @@ fn churn_loses_no_message() {
     assert!(report.cycles >= 5, "too few cycles: {}", report.cycles);
     assert_eq!(report.lost, 0, "lost messages: {:?}", report.lost_ids);
     assert_eq!(report.duplicates, 0);
+    assert_eq!(report.incomplete, 0, "a message copied with other bytes");
     assert_eq!(report.stray, 0, "tmp/ content or lock files in a copy");
+    assert_eq!(report.copy_errors, 0, "rsync of the view failed");
     assert_clean_log(&dc);
-}
-
-struct ChurnReport {
-    cycles: usize,
-    checked: usize,
-    lost: usize,
-    lost_ids: Vec<String>,
-    duplicates: usize,
-    stray: usize,
-    work: String,
-}
-
-fn run_churn(
-    fx: &Fixture,
-    dc: &Arc<Dovecot>,
-    journal: &Arc<Mutex<Journal>>,
-    dur: Duration,
-) -> ChurnReport {
-    let stop = Arc::new(AtomicBool::new(false));
-    let counters: Arc<[AtomicUsize; 5]> = Arc::new(Default::default());
-    let mut workers = Vec::new();
-    // LDA deliveries.
-    {
-        let (stop, dc, j, c) = (stop.clone(), dc.clone(), journal.clone(), counters.clone());
-        workers.push(std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("live{n}@churn");
-                let msg = message(&id, 50 + n % 300);
-                let folder = (n % 3 == 0).then_some("Other");
-                if dc.deliver("alice", folder, &msg).status.success() {
-                    j.lock()
-                        .unwrap()
-                        .delivered
-                        .insert(id, (Instant::now(), body_hash(&msg)));
-                    c[0].fetch_add(1, Ordering::Relaxed);
-                }
-                n += 1;
-            }
-        }));
-    }
-    // Flag changes, moves and expunges through Dovecot.
-    {
-        let (stop, dc, j, c) = (stop.clone(), dc.clone(), journal.clone(), counters.clone());
-        workers.push(std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let uid = format!("{}:{}", n % 40 + 1, n % 40 + 10);
-                let flag = ["\\Seen", "\\Flagged", "\\Answered", "$Forwarded"][n as usize % 4];
-                let verb = if n.is_multiple_of(2) { "add" } else { "remove" };
-                for b in ["INBOX", "Other"] {
-                    dc.doveadm(&[
-                        "flags", verb, "-u", "alice", flag, "mailbox", b, "uid", &uid,
-                    ]);
-                }
-                c[1].fetch_add(1, Ordering::Relaxed);
-                let (to, from) = if n.is_multiple_of(2) {
-                    ("Other", "INBOX")
-                } else {
-                    ("INBOX", "Other")
-                };
-                dc.doveadm(&["move", "-u", "alice", to, "mailbox", from, "uid", &uid]);
-                c[2].fetch_add(1, Ordering::Relaxed);
-                if n.is_multiple_of(3) {
-                    let id = format!("pre{}@churn", n % 150);
-                    j.lock()
-                        .unwrap()
-                        .expunged
-                        .entry(id.clone())
-                        .or_insert_with(Instant::now);
-                    dc.doveadm(&[
-                        "expunge",
-                        "-u",
-                        "alice",
-                        "mailbox",
-                        "*",
-                        "header",
-                        "Message-ID",
-                        &id,
-                    ]);
-                    c[3].fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    // A mail client that renames for flags without any lock.
-    {
-        let (stop, root, c) = (stop.clone(), dc.maildir("alice"), counters.clone());
-        workers.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                for dir in [root.join("cur"), root.join(".Other/cur")] {
-                    let Ok(rd) = std::fs::read_dir(&dir) else {
-                        continue;
-                    };
-                    for e in rd.flatten().take(200) {
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        let Some((base, flags)) = name.split_once(":2,") else {
-                            continue;
-                        };
-                        let new = if flags.contains('F') {
-                            format!("{base}:2,{}", flags.replace('F', ""))
-                        } else {
-                            let mut f: Vec<char> = flags.chars().chain(['F']).collect();
-                            f.sort_unstable();
-                            format!("{base}:2,{}", f.into_iter().collect::<String>())
-                        };
-                        if std::fs::rename(dir.join(&name), dir.join(new)).is_ok() {
-                            c[4].fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    let end = Instant::now() + dur;
-    let mut report = ChurnReport {
-        cycles: 0,
-        checked: 0,
-        lost: 0,
-        lost_ids: Vec::new(),
-        duplicates: 0,
-        stray: 0,
-        work: String::new(),
-    };
-    let copy = fx.dir.join("copy");
-    while Instant::now() < end {
-        let _ = std::fs::remove_dir_all(&copy);
-        let began = Instant::now();
-        let log = fx.dir.join("maildirfs.log");
-        let m = Mounted::new(fx, &["--log-file", log.to_str().unwrap()]);
-        let returned = Instant::now();
-        let out = Command::new("rsync")
-            .arg("-a")
-            .arg(format!("{}/", m.mnt.display()))
-            .arg(&copy)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "rsync: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        m.umount();
-        check_copy(&copy, journal, began, returned, &mut report);
-        report.cycles += 1;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    if let Ok(log) = std::fs::read_to_string(fx.dir.join("maildirfs.log")) {
-        for l in log.lines().filter(|l| l.contains("warning")) {
-            eprintln!("maildirfs log: {l}");
-        }
-    }
-    let c = &counters;
-    report.work = format!(
-        "{} deliveries, {} flag rounds, {} moves, {} expunges, {} lock-free renames",
-        c[0].load(Ordering::Relaxed),
-        c[1].load(Ordering::Relaxed),
-        c[2].load(Ordering::Relaxed),
-        c[3].load(Ordering::Relaxed),
-        c[4].load(Ordering::Relaxed)
-    );
-    report
-}
-
-/// The oracle: every message delivered before the mount began and not expunged before it
-/// returned is in the copy, complete, once per mailbox; no tmp/ content, no lock file.
-fn check_copy(
-    copy: &Path,
-    journal: &Mutex<Journal>,
-    began: Instant,
-    returned: Instant,
-    r: &mut ChurnReport,
-) {
-    let mut found: HashMap<String, Vec<(Vec<u8>, u64)>> = HashMap::new();
-    for (rel, seen) in tree(copy, true) {
-        let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
-        let name = parts.last().copied().unwrap_or_default();
-        if (parts.len() >= 2 && parts[parts.len() - 2] == b"tmp")
-            || name.ends_with(b".lock")
-            || name.starts_with(b"temp.")
-            || name.starts_with(b".temp.")
-        {
-            r.stray += 1;
-        }
-        if seen.kind != "file"
-            || parts.len() < 2
-            || !(parts[parts.len() - 2] == b"cur" || parts[parts.len() - 2] == b"new")
-        {
-            continue;
-        }
-        let bytes = seen.bytes.unwrap_or_default();
-        if let Some(id) = message_id(&bytes) {
-            let mailbox = parts[..parts.len() - 2].join(&b'/');
-            found
-                .entry(id)
-                .or_default()
-                .push((mailbox, body_hash(&bytes)));
-        }
-    }
-    let j = journal.lock().unwrap();
-    for (id, (at, hash)) in &j.delivered {
-        if *at >= began || j.expunged.get(id).is_some_and(|e| *e < returned) {
-            continue;
-        }
-        r.checked += 1;
-        match found.get(id) {
-            None => {
-                r.lost += 1;
-                r.lost_ids.push(id.clone());
-            }
-            Some(copies) => {
-                assert!(
-                    copies.iter().all(|(_, h)| h == hash),
-                    "{id} copied incomplete"
-                );
-                let boxes: BTreeSet<&Vec<u8>> = copies.iter().map(|(b, _)| b).collect();
-                if boxes.len() != copies.len() {
-                    r.duplicates += 1;
-                }
-            }
-        }
-    }
 }
 
 #[test]

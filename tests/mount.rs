@@ -385,7 +385,7 @@ fn all_locks_of_an_account_are_held_at_once_and_touched() {
         .collect();
     let src = fx.src();
     let mnt = fx.mnt();
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args([OsStr::new("mount"), src.as_os_str(), mnt.as_os_str()])
         .env("MAILDIRFS_TEST_HOLD_MS", "1500")
         .env("MAILDIRFS_TEST_TOUCH_MS", "200")
@@ -445,7 +445,7 @@ fn sigterm_during_capture_releases_every_lock() {
     let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
     let src = fx.src();
     let mnt = fx.mnt();
-    let child = Command::new(BIN)
+    let child = Command::new(bin())
         .args([OsStr::new("mount"), src.as_os_str(), mnt.as_os_str()])
         .env("MAILDIRFS_TEST_HOLD_MS", "5000")
         .stdin(Stdio::null())
@@ -510,7 +510,7 @@ fn mount_returns_only_when_ready_and_holds_no_caller_pipes() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (s2, m2) = (src.clone(), mnt.clone());
     std::thread::spawn(move || {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args([OsStr::new("mount"), s2.as_os_str(), m2.as_os_str()])
             .stdin(Stdio::null())
             .output();
@@ -610,7 +610,7 @@ fn bad_input_gets_one_clear_line_and_exit_1() {
     let as_nobody = |s: &Path, m: &Path| {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(BIN)
+            .arg(bin())
             .arg("mount")
             .arg(s)
             .arg(m)
@@ -636,7 +636,8 @@ fn bad_input_gets_one_clear_line_and_exit_1() {
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
-            "mount -t tmpfs none /dev && exec {BIN} mount '{}' '{}'",
+            "mount -t tmpfs none /dev && exec {} mount '{}' '{}'",
+            bin().display(),
             src.display(),
             mnt.display()
         ))

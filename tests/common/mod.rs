@@ -2,6 +2,7 @@
 //! binary, and a mount guard that always unmounts.
 #![allow(dead_code)]
 
+pub mod churn;
 pub mod dovecot;
 
 use std::collections::BTreeMap;
@@ -13,7 +14,18 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_maildirfs");
+/// The maildirfs binary: cargo's for tests; for an example, the one built beside it.
+pub fn bin() -> PathBuf {
+    if let Some(b) = option_env!("CARGO_BIN_EXE_maildirfs") {
+        return PathBuf::from(b);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/examples/<name> -> target/<profile>/maildirfs
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("maildirfs"))
+        .expect("target directory")
+}
 
 /// Whether this test can mount. With `MAILDIRFS_REQUIRE_FUSE=1` (CI) a test that cannot
 /// mount fails instead of skipping.
@@ -133,7 +145,7 @@ pub fn server_pid(path: &Path) -> Option<i32> {
 
 /// Runs the binary with `args` and optional extra environment; returns its output.
 pub fn run(args: &[&OsStr], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.args(args).stdin(Stdio::null());
     for (k, v) in env {
         c.env(k, v);
@@ -173,7 +185,7 @@ impl Mounted {
             None => run(&args, env),
             Some(limit) => Command::new("prlimit")
                 .arg(format!("--nofile={limit}:{limit}"))
-                .arg(BIN)
+                .arg(bin())
                 .args(&args)
                 .stdin(Stdio::null())
                 .output()
