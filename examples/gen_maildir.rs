@@ -4,6 +4,8 @@
 //! a copy can be checked message by message. Deterministic for given arguments.
 //!
 //! cargo run --release --example gen_maildir -- --messages 100000 --accounts 40 OUT
+//!
+//! The benchmark includes this file as a module and calls [`generate`].
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -21,13 +23,14 @@ const FOLDERS: &[&str] = &[
     ".Work",
 ];
 
-struct Args {
-    messages: usize,
-    accounts: usize,
-    avg_size: usize,
-    out: PathBuf,
+pub struct Args {
+    pub messages: usize,
+    pub accounts: usize,
+    pub avg_size: usize,
+    pub out: PathBuf,
 }
 
+#[allow(dead_code)]
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         messages: 1000,
@@ -79,6 +82,7 @@ impl Rng {
     }
 }
 
+#[allow(dead_code)]
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -93,7 +97,7 @@ fn main() {
     }
 }
 
-fn generate(a: &Args) -> std::io::Result<()> {
+pub fn generate(a: &Args) -> std::io::Result<()> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let per_account = a.messages.div_ceil(a.accounts);
     let mut left = a.messages;

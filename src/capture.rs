@@ -410,7 +410,7 @@ fn pin_listed(m: &mut MailboxCapture, new: &OwnedFd, cur: &OwnedFd, budget: &Pin
     let started = Instant::now();
     for (fd, list) in [(new, &mut m.new), (cur, &mut m.cur)] {
         for l in list.iter_mut().filter(|l| l.d_type != libc::DT_LNK) {
-            l.pin = budget.pin(fd.as_fd(), OsStr::from_bytes(&l.name));
+            l.pin = budget.pin(fd.as_fd(), OsStr::from_bytes(&l.name), l.d_type);
         }
     }
     for _ in 0..RELISTS {
@@ -432,7 +432,7 @@ fn pin_listed(m: &mut MailboxCapture, new: &OwnedFd, cur: &OwnedFd, budget: &Pin
                 && base_name(name) == base_name(&l.name)
             {
                 let dir = if *in_cur { cur } else { new };
-                l.pin = budget.pin(dir.as_fd(), OsStr::from_bytes(name));
+                l.pin = budget.pin(dir.as_fd(), OsStr::from_bytes(name), l.d_type);
             }
         }
     }

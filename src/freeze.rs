@@ -286,7 +286,7 @@ impl Freezer<'_> {
         d_type: u8,
     ) -> std::io::Result<(sys::Stat, Option<OwnedFd>)> {
         if d_type == libc::DT_REG
-            && let Some(pin) = self.budget.pin(dir, OsStr::from_bytes(name))
+            && let Some(pin) = self.budget.pin(dir, OsStr::from_bytes(name), d_type)
         {
             let st = sys::fstat(pin.as_fd())?;
             return Ok((st, Some(pin)));
@@ -412,7 +412,7 @@ impl Freezer<'_> {
         let path = p.rel.join(OsStr::from_bytes(&l.name));
         // Not pinned under the lock (over budget then, or the name was replaced): pin now if
         // it is still the listed inode, and take the attributes through the pin.
-        if let Some(pin) = self.budget.pin(dir, OsStr::from_bytes(&l.name)) {
+        if let Some(pin) = self.budget.pin(dir, OsStr::from_bytes(&l.name), l.d_type) {
             match sys::fstat(pin.as_fd()) {
                 Ok(st) if st.st_ino == l.ino => return Some((st, Some(pin))),
                 _ => self.budget.release(),
@@ -456,7 +456,7 @@ impl Freezer<'_> {
             }
             let dir = if *in_cur { &cur } else { &new };
             let name = OsStr::from_bytes(name);
-            if let Some(pin) = self.budget.pin(dir.as_fd(), name) {
+            if let Some(pin) = self.budget.pin(dir.as_fd(), name, l.d_type) {
                 match sys::fstat(pin.as_fd()) {
                     Ok(st) if st.st_ino == l.ino => return Some((st, Some(pin))),
                     _ => self.budget.release(),

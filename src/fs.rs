@@ -1,22 +1,26 @@
 //! The `fuser::Filesystem` adapter: each callback asks the snapshot or the source and turns the
 //! answer into a reply. No Maildir knowledge lives here.
 //!
-//! The image never changes while mounted, so every TTL is long and every open keeps the page
-//! cache. Every write-type operation fails with `EROFS`.
+//! The image never changes while mounted, so every TTL is long, listings come with attributes,
+//! and the kernel keeps every page: by default there is no OPEN, RELEASE, OPENDIR or FLUSH
+//! round trip at all (see [`ReadPath`]). Every write-type operation fails with `EROFS`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::num::NonZeroUsize;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow,
+    AccessFlags, BackingId, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
+use lru::LruCache;
 use parking_lot::Mutex;
 
 use crate::snapshot::{Ino, Kind, NodeIdx, Snapshot};
@@ -26,28 +30,86 @@ use crate::source::{self, Opened, Source};
 /// immutable, so anything long is right; one day keeps the numbers far from any overflow.
 const TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// A file handle as given to the kernel.
+/// A file handle as given to the kernel (passthrough mode only; 0 means none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Fh(u64);
+
+/// How file contents reach readers; decided when the kernel connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ReadPath {
+    /// No OPEN or RELEASE round trip at all (the kernel's no-open mode, entered by answering
+    /// the first OPEN with `ENOSYS`): the kernel keeps every page it read, and a READ is served
+    /// by `pread` on an fd from a small LRU cache.
+    NoOpen = 0,
+    /// Each open registers the source file with the kernel as a backing file, and reads go
+    /// straight to it without passing through maildirfs (Linux >= 6.9, root).
+    Passthrough = 1,
+}
+
+impl ReadPath {
+    pub fn from_u8(v: u8) -> ReadPath {
+        if v == ReadPath::Passthrough as u8 {
+            ReadPath::Passthrough
+        } else {
+            ReadPath::NoOpen
+        }
+    }
+}
+
+/// Open fds kept for reads in no-open mode. Readers go through a tree file by file, so a few
+/// dozen are plenty; the fd budget keeps room for them (`pin::RESERVE`).
+const FD_CACHE: usize = 64;
+
+/// Backing files registered with the kernel, one per inode while it is open (passthrough).
+#[derive(Debug, Default)]
+struct Backing {
+    /// Open handles: the inode each one is for and its bytes.
+    by_handle: HashMap<Fh, (Ino, Opened)>,
+    /// One backing id per inode, with the number of handles using it.
+    by_ino: HashMap<Ino, (Arc<BackingId>, usize)>,
+}
 
 /// The mounted filesystem.
 #[derive(Debug)]
 pub struct MaildirFs {
     snap: Arc<Snapshot>,
     source: Arc<Source>,
-    /// Open files by handle. Protected by this mutex; handles are never reused.
-    handles: Mutex<HashMap<Fh, Opened>>,
+    /// Whether passthrough was asked for (`-o passthrough`).
+    want_passthrough: bool,
+    /// The `ReadPath` in use, shared with the mount summary.
+    read_path: Arc<AtomicU8>,
+    /// Passthrough handles and backing ids. Protected by this mutex.
+    backing: Mutex<Backing>,
+    /// No-open mode: fds for reads by inode, least recently used dropped first. Protected by
+    /// this mutex.
+    fds: Mutex<LruCache<Ino, Opened>>,
+    /// Handles are never reused while mounted.
     next_fh: AtomicU64,
 }
 
 impl MaildirFs {
-    pub fn new(snap: Arc<Snapshot>, source: Arc<Source>) -> MaildirFs {
+    pub fn new(snap: Arc<Snapshot>, source: Arc<Source>, want_passthrough: bool) -> MaildirFs {
         MaildirFs {
             snap,
             source,
-            handles: Mutex::new(HashMap::new()),
+            want_passthrough,
+            read_path: Arc::new(AtomicU8::new(ReadPath::NoOpen as u8)),
+            backing: Mutex::new(Backing::default()),
+            fds: Mutex::new(LruCache::new(
+                NonZeroUsize::new(FD_CACHE).unwrap_or(NonZeroUsize::MIN),
+            )),
             next_fh: AtomicU64::new(1),
         }
+    }
+
+    /// The read path in use, readable after the mount (for the summary).
+    pub fn read_path(&self) -> Arc<AtomicU8> {
+        Arc::clone(&self.read_path)
+    }
+
+    fn passthrough(&self) -> bool {
+        self.read_path.load(Ordering::Relaxed) == ReadPath::Passthrough as u8
     }
 
     fn node(&self, ino: INodeNo) -> Result<NodeIdx, Errno> {
@@ -62,15 +124,59 @@ impl MaildirFs {
         self.snap.lookup(dir, name.as_bytes()).ok_or(Errno::ENOENT)
     }
 
-    fn open_node(&self, ino: INodeNo, flags: OpenFlags) -> Result<Fh, Errno> {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            return Err(Errno::EROFS);
-        }
+    /// Passthrough open: the file, checked, registered as the inode's backing file (once per
+    /// inode while open). Inline files, and files the kernel refuses, are read through us.
+    fn open_passthrough(
+        &self,
+        ino: INodeNo,
+        reply: &ReplyOpen,
+    ) -> Result<(Fh, Option<Arc<BackingId>>), Errno> {
         let idx = self.node(ino)?;
         let opened = self.source.open(&self.snap, idx).map_err(|e| e.errno())?;
         let fh = Fh(self.next_fh.fetch_add(1, Ordering::Relaxed));
-        self.handles.lock().insert(fh, opened);
-        Ok(fh)
+        let key = Ino(ino.0);
+        let mut b = self.backing.lock();
+        let id = match (&opened, b.by_ino.get_mut(&key)) {
+            (Opened::Inline(_), _) => None,
+            (Opened::File(_), Some((id, users))) => {
+                *users += 1;
+                Some(Arc::clone(id))
+            }
+            (Opened::File(f), None) => match reply.open_backing(f.as_fd()) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    b.by_ino.insert(key, (Arc::clone(&id), 1));
+                    Some(id)
+                }
+                Err(e) => {
+                    log::warn!("passthrough refused by the kernel ({e}); serving reads itself");
+                    None
+                }
+            },
+        };
+        b.by_handle.insert(fh, (key, opened));
+        Ok((fh, id))
+    }
+
+    /// The bytes to read for a request: the handle's in passthrough mode, else a cached fd.
+    fn opened_for(&self, ino: INodeNo, fh: FileHandle, idx: NodeIdx) -> Result<Opened, Errno> {
+        if fh.0 != 0 {
+            return self
+                .backing
+                .lock()
+                .by_handle
+                .get(&Fh(fh.0))
+                .map(|(_, o)| o.clone())
+                .ok_or(Errno::EBADF);
+        }
+        let key = Ino(ino.0);
+        if let Some(o) = self.fds.lock().get(&key) {
+            return Ok(o.clone());
+        }
+        // Opened outside the lock: a slow open must not stall other readers.
+        let opened = self.source.open(&self.snap, idx).map_err(|e| e.errno())?;
+        self.fds.lock().put(key, opened.clone());
+        Ok(opened)
     }
 
     fn read_node(
@@ -81,12 +187,7 @@ impl MaildirFs {
         size: u32,
     ) -> Result<Vec<u8>, Errno> {
         let idx = self.node(ino)?;
-        let opened = self
-            .handles
-            .lock()
-            .get(&Fh(fh.0))
-            .cloned()
-            .ok_or(Errno::EBADF)?;
+        let opened = self.opened_for(ino, fh, idx)?;
         let len = self.snap.node(idx).attr.size;
         source::read_at(&opened, len, offset, size).map_err(|e| {
             log::warn!(
@@ -97,31 +198,29 @@ impl MaildirFs {
         })
     }
 
-    /// Directory entries from position `offset` on: `.`, `..`, then the children.
-    fn dir_entries(
-        &self,
-        ino: INodeNo,
-        offset: u64,
-    ) -> Result<Vec<(u64, NodeIdx, Vec<u8>)>, Errno> {
+    /// The directory at `ino`, its parent, and its children's index range.
+    fn dir(&self, ino: INodeNo) -> Result<(NodeIdx, NodeIdx, std::ops::Range<u32>), Errno> {
         let dir = self.node(ino)?;
         let Kind::Dir { .. } = self.snap.node(dir).kind else {
             return Err(Errno::ENOTDIR);
         };
-        let parent = self.snap.node(dir).parent;
-        let mut out = Vec::new();
-        let specials = [(dir, b".".to_vec()), (parent, b"..".to_vec())];
-        let children = self.snap.children(dir);
-        let total = 2 + u64::from(children.end - children.start);
-        for pos in offset..total {
-            let (idx, name) = if pos < 2 {
-                specials[pos as usize].clone()
-            } else {
-                let c = NodeIdx(children.start + (pos - 2) as u32);
-                (c, self.snap.name(c).to_vec())
-            };
-            out.push((pos + 1, idx, name));
+        Ok((dir, self.snap.node(dir).parent, self.snap.children(dir)))
+    }
+
+    /// The entry at listing position `pos`: `.`, `..`, then the children in name order.
+    fn entry_at(
+        &self,
+        pos: u64,
+        (dir, parent, children): &(NodeIdx, NodeIdx, std::ops::Range<u32>),
+    ) -> Option<(NodeIdx, &[u8])> {
+        match pos {
+            0 => Some((*dir, b".")),
+            1 => Some((*parent, b"..")),
+            _ => {
+                let c = children.start.checked_add(u32::try_from(pos - 2).ok()?)?;
+                (c < children.end).then(|| (NodeIdx(c), self.snap.name(NodeIdx(c))))
+            }
         }
-        Ok(out)
     }
 }
 
@@ -136,6 +235,25 @@ fn kind_of(snap: &Snapshot, idx: NodeIdx) -> FileType {
 impl Filesystem for MaildirFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
+        // Listings come with attributes and fill the dentry cache; lookups and directory reads
+        // may run in parallel; symlink targets are cached: nothing can change.
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        if self.want_passthrough {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                Ok(()) => {
+                    let _ = config.set_max_stack_depth(1);
+                    self.read_path
+                        .store(ReadPath::Passthrough as u8, Ordering::Relaxed);
+                }
+                Err(_) => log::warn!("the kernel has no FUSE passthrough; serving reads itself"),
+            }
+        }
         Ok(())
     }
 
@@ -162,8 +280,20 @@ impl Filesystem for MaildirFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.open_node(ino, flags) {
-            Ok(fh) => reply.opened(FileHandle(fh.0), FopenFlags::FOPEN_KEEP_CACHE),
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        if !self.passthrough() {
+            // ENOSYS puts the kernel in no-open mode for good: no OPEN, FLUSH or RELEASE
+            // round trip for any file again, and every page read stays cached.
+            return reply.error(Errno::ENOSYS);
+        }
+        let cache = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
+        match self.open_passthrough(ino, &reply) {
+            Ok((fh, Some(id))) => {
+                reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &id)
+            }
+            Ok((fh, None)) => reply.opened(FileHandle(fh.0), cache),
             Err(e) => reply.error(e),
         }
     }
@@ -185,6 +315,19 @@ impl Filesystem for MaildirFs {
         }
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing to flush, ever: ENOSYS tells the kernel not to send FLUSH again (without an
+        // OPEN reply there is no FOPEN_NOFLUSH to say it per file).
+        reply.error(Errno::ENOSYS);
+    }
+
     fn release(
         &self,
         _req: &Request,
@@ -195,27 +338,23 @@ impl Filesystem for MaildirFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().remove(&Fh(fh.0));
-        reply.ok();
-    }
-
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lo: fuser::LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino).map(|idx| self.snap.node(idx).kind) {
-            Ok(Kind::Dir { .. }) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
+        let mut b = self.backing.lock();
+        if let Some((ino, _)) = b.by_handle.remove(&Fh(fh.0))
+            && let Some((_, users)) = b.by_ino.get_mut(&ino)
+        {
+            *users -= 1;
+            if *users == 0 {
+                // The last handle: the kernel no longer needs the backing id.
+                b.by_ino.remove(&ino);
+            }
         }
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS: no OPENDIR/RELEASEDIR round trips from now on, and the kernel caches
+        // listings (its no-opendir mode).
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
@@ -226,23 +365,24 @@ impl Filesystem for MaildirFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.dir_entries(ino, offset) {
-            Ok(entries) => {
-                for (next, idx, name) in entries {
-                    let ino = INodeNo(self.snap.ino_of(idx).0);
-                    if reply.add(
-                        ino,
-                        next,
-                        kind_of(&self.snap, idx),
-                        OsStr::from_bytes(&name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
+        let dir = match self.dir(ino) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        let mut pos = offset;
+        while let Some((idx, name)) = self.entry_at(pos, &dir) {
+            let ino = INodeNo(self.snap.ino_of(idx).0);
+            if reply.add(
+                ino,
+                pos + 1,
+                kind_of(&self.snap, idx),
+                OsStr::from_bytes(name),
+            ) {
+                break;
             }
-            Err(e) => reply.error(e),
+            pos += 1;
         }
+        reply.ok();
     }
 
     fn readdirplus(
@@ -253,26 +393,20 @@ impl Filesystem for MaildirFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.dir_entries(ino, offset) {
-            Ok(entries) => {
-                for (next, idx, name) in entries {
-                    let attr = self.snap.file_attr(idx);
-                    let full = reply.add(
-                        attr.ino,
-                        next,
-                        OsStr::from_bytes(&name),
-                        &TTL,
-                        &attr,
-                        Generation(0),
-                    );
-                    if full {
-                        break;
-                    }
-                }
-                reply.ok();
+        let dir = match self.dir(ino) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        let mut pos = offset;
+        while let Some((idx, name)) = self.entry_at(pos, &dir) {
+            let attr = self.snap.file_attr(idx);
+            let name = OsStr::from_bytes(name);
+            if reply.add(attr.ino, pos + 1, name, &TTL, &attr, Generation(0)) {
+                break;
             }
-            Err(e) => reply.error(e),
+            pos += 1;
         }
+        reply.ok();
     }
 
     fn releasedir(

@@ -55,7 +55,8 @@ struct MountArgs {
     #[arg(long)]
     allow_other: bool,
     /// Mount options, comma-separated, fstab style: ro, allow_other, exclude_indexes,
-    /// no_lock, strict_lock, lock_timeout=SECS, log_file=PATH (noauto, nofail, ... ignored).
+    /// no_lock, strict_lock, lock_timeout=SECS, log_file=PATH, passthrough (noauto, nofail,
+    /// ... ignored).
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<String>,
     /// Stay in the foreground and serve until unmounted or stopped (for systemd or debugging).
@@ -70,6 +71,11 @@ struct MountArgs {
     /// Append log lines here (default: syslog once detached, stderr before).
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
+    /// Let the kernel read file contents straight from the source files (FUSE passthrough,
+    /// Linux >= 6.9, root); without it, or where the kernel refuses, maildirfs serves reads and
+    /// the kernel caches them.
+    #[arg(long)]
+    passthrough: bool,
 }
 
 impl MountArgs {
@@ -87,6 +93,7 @@ impl MountArgs {
             self.verbose.min(3) as i8
         };
         o.log_file = self.log_file;
+        o.passthrough = self.passthrough;
         for list in &self.options {
             o.apply_o(list)?;
         }

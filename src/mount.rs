@@ -12,7 +12,7 @@ use crate::capture::{self, AccountCapture, LockPolicy};
 use crate::daemon::{self, Notifier, Outcome};
 use crate::error::{Error, Result, escape_path};
 use crate::freeze::{self, FreezeReport};
-use crate::fs::MaildirFs;
+use crate::fs::{MaildirFs, ReadPath};
 use crate::maildir;
 use crate::options::MountOptions;
 use crate::pin::PinBudget;
@@ -216,7 +216,8 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     let summary = summary_line(&checked, &captured);
     let snap = Arc::new(captured.snapshot);
     let source = Arc::new(Source::new(checked.source_fd, checked.source.clone()));
-    let fs = MaildirFs::new(Arc::clone(&snap), Arc::clone(&source));
+    let fs = MaildirFs::new(Arc::clone(&snap), Arc::clone(&source), opts.passthrough);
+    let read_path = fs.read_path();
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -249,6 +250,16 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     let mut session = fuser::Session::new(fs, &checked.mountpoint, &config)
         .map_err(|e| Error::io("cannot mount", &checked.mountpoint, e))?;
     *unmounter.lock() = Some(session.unmount_callable());
+    // The kernel has connected (init ran): say how reads are served.
+    let summary = match ReadPath::from_u8(read_path.load(std::sync::atomic::Ordering::Relaxed)) {
+        ReadPath::Passthrough => {
+            format!("{summary}; reads: kernel passthrough to the source files")
+        }
+        ReadPath::NoOpen if opts.passthrough => {
+            format!("{summary}; reads: through maildirfs (passthrough not available)")
+        }
+        ReadPath::NoOpen => format!("{summary}; reads: through maildirfs, cached by the kernel"),
+    };
 
     let mut state = match runtime::find_mount(&checked.mountpoint) {
         Some(m) => Some(StateFile::create(&m.devno)?),
@@ -278,7 +289,7 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
         "unmounted {}: {} files renamed in the source were served from their new names, {} vanished",
         escape_path(&checked.mountpoint),
         source.refound.load(std::sync::atomic::Ordering::Relaxed),
-        source.vanished.load(std::sync::atomic::Ordering::Relaxed),
+        source.vanished(),
     );
     crate::logging::notice(&final_line);
     if let Some(mut s) = state {

@@ -23,6 +23,8 @@ pub struct MountOptions {
     /// -1 quiet, 0 normal, 1.. verbose.
     pub verbosity: i8,
     pub log_file: Option<PathBuf>,
+    /// `-o passthrough`: let the kernel read file contents straight from the source files.
+    pub passthrough: bool,
 }
 
 impl MountOptions {
@@ -38,6 +40,7 @@ impl MountOptions {
             foreground: false,
             verbosity: 0,
             log_file: None,
+            passthrough: false,
         }
     }
 
@@ -60,6 +63,7 @@ impl MountOptions {
                 ("no_lock", None) => self.no_lock = true,
                 ("strict_lock", None) => self.strict_lock = true,
                 ("foreground", None) => self.foreground = true,
+                ("passthrough", None) => self.passthrough = true,
                 ("lock_timeout", Some(v)) => {
                     let secs: u64 = v
                         .parse()

@@ -1,6 +1,6 @@
-//! The pin budget. Every captured regular file is pinned with an `O_PATH` fd so that its inode,
-//! and so its bytes, stay reachable whatever happens to its name afterwards (rename, expunge,
-//! rename-replace); reads reopen the pinned inode. Hard links are not used: `link()` would change
+//! The pin budget. Every captured regular file is pinned with an fd (`O_RDONLY|O_NOATIME`, or
+//! `O_PATH` where that is refused) so that its inode, and so its bytes, stay reachable whatever
+//! happens to its name afterwards (rename, expunge, rename-replace); reads go to the pin. Hard links are not used: `link()` would change
 //! the message's ctime and nlink, and Dovecot uses ctime as the save-date fallback.
 //!
 //! One fd per file costs about 250 bytes of kernel memory and counts against `RLIMIT_NOFILE`,
@@ -52,13 +52,14 @@ impl PinBudget {
         }
     }
 
-    /// Pins `name` in `dir` if the budget allows. `None` when over budget or the open fails
-    /// (the name is gone: the caller falls back to re-resolution).
-    pub fn pin(&self, dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Option<OwnedFd> {
+    /// Pins `name` in `dir` if the budget allows; `d_type` is the entry's type from its
+    /// listing (see `sys::pin_at`). `None` when over budget or the open fails (the name is gone:
+    /// the caller falls back to re-resolution).
+    pub fn pin(&self, dir: BorrowedFd<'_>, name: &std::ffi::OsStr, d_type: u8) -> Option<OwnedFd> {
         self.left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .ok()?;
-        match sys::pin_at(dir, name) {
+        match sys::pin_at(dir, name, d_type == libc::DT_REG) {
             Ok(fd) => {
                 self.in_use.fetch_add(1, Ordering::Relaxed);
                 Some(fd)

@@ -8,6 +8,7 @@
 //! mailbox's `cur/` or `new/`; a file that is gone fails with `ENOENT` and a log line, never
 //! with other bytes.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,6 +17,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 use crate::error::{Error, Result, escape_path};
 use crate::maildir::filename::base_name;
@@ -28,8 +31,10 @@ use crate::sys;
 pub struct Source {
     root: OwnedFd,
     path: PathBuf,
-    /// Files that could not be served because they were gone from SOURCE.
-    pub vanished: AtomicU64,
+    /// Files that could not be served because they were gone from SOURCE, by node (a reader,
+    /// or the kernel's readahead, may ask for one several times: it counts once). Protected by
+    /// this mutex.
+    vanished: Mutex<HashSet<NodeIdx>>,
     /// Messages served from a new name after a rename in the live tree.
     pub refound: AtomicU64,
 }
@@ -48,13 +53,18 @@ impl Source {
         Source {
             root,
             path,
-            vanished: AtomicU64::new(0),
+            vanished: Mutex::new(HashSet::new()),
             refound: AtomicU64::new(0),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many files could not be served because they were gone.
+    pub fn vanished(&self) -> usize {
+        self.vanished.lock().len()
     }
 
     /// Opens the bytes of regular-file node `idx`.
@@ -84,7 +94,14 @@ impl Source {
         // A pinned inode is the captured file whatever happened to its name since.
         for link in links() {
             if let Some(pin) = snap.pin(link) {
-                match reopen(pin).and_then(|fd| self.check(snap, link, fd)) {
+                // A readable pin is the captured inode itself: share it. An `O_PATH` one is
+                // reopened for reading and checked.
+                let opened = if sys::is_path_fd(pin) {
+                    reopen(pin).and_then(|fd| self.check(snap, link, fd))
+                } else {
+                    pin.try_clone_to_owned().map(File::from)
+                };
+                match opened {
                     Ok(f) => return Ok(Opened::File(Arc::new(f))),
                     Err(e) => log::warn!(
                         "cannot reopen pinned {}: {e}",
@@ -111,13 +128,14 @@ impl Source {
                 }
             }
         }
-        self.vanished.fetch_add(1, Ordering::Relaxed);
         let err = last.unwrap_or_else(|| errno(libc::ENOENT));
         let path = self.path.join(snap.rel_path(idx));
-        log::warn!(
-            "{} is gone from the source since capture ({err}); read fails with ENOENT",
-            escape_path(&path)
-        );
+        if self.vanished.lock().insert(idx) {
+            log::warn!(
+                "{} is gone from the source since capture ({err}); read fails with ENOENT",
+                escape_path(&path)
+            );
+        }
         Err(Error::io("file vanished", path, errno(libc::ENOENT)))
     }
 

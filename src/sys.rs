@@ -449,11 +449,31 @@ pub fn syslog(priority: libc::c_int, line: &str) {
     unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
 }
 
-/// Opens `name` in `dir` with `O_PATH|O_NOFOLLOW`: a handle on the inode that keeps it alive
-/// (and its bytes readable) after it is renamed or unlinked, without opening it for I/O, without
-/// touching atime, ctime or nlink.
-pub fn pin_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+/// Pins `name` in `dir`: an fd that keeps the inode alive (and its bytes readable) after it is
+/// renamed or unlinked, without touching its ctime or nlink. A regular file is opened
+/// `O_RDONLY|O_NOATIME|O_NONBLOCK`, so reads need no reopen and never change atime; where
+/// `O_NOATIME` is refused (neither owner nor root), and for anything not known to be a regular
+/// file (`O_NONBLOCK` keeps a FIFO from blocking, but `O_PATH` never opens it at all), the pin
+/// is `O_PATH`. Symlinks are never followed.
+pub fn pin_at(dir: BorrowedFd<'_>, name: &OsStr, regular: bool) -> io::Result<OwnedFd> {
+    if regular {
+        match openat(
+            dir,
+            name,
+            libc::O_RDONLY | libc::O_NOATIME | libc::O_NONBLOCK,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            other => return other,
+        }
+    }
     openat(dir, name, libc::O_PATH)
+}
+
+/// Whether `fd` was opened with `O_PATH` (cannot be read).
+pub fn is_path_fd(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: F_GETFL only reads the open file's status flags.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_PATH != 0
 }
 
 /// Reopens a pinned inode for reading through `/proc/self/fd/N` (the kernel resolves that magic
