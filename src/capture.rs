@@ -268,15 +268,30 @@ fn capture_set(
 /// A generous estimate of how many entries the mailboxes' `cur/` and `new/` hold, from their
 /// directory sizes (ext4 uses well over 16 bytes per entry, tmpfs 20), without listing them.
 fn expected_entries(dirs: &[(PathBuf, Arc<OwnedFd>)]) -> usize {
+    dirs.iter().map(|(_, fd)| expected_in(fd.as_fd())).sum()
+}
+
+fn expected_in(mailbox: BorrowedFd<'_>) -> usize {
     let mut bytes = 0u64;
-    for (_, fd) in dirs {
-        for sub in [names::CUR, names::NEW] {
-            if let Ok(st) = sys::lstat_at(fd.as_fd(), OsStr::from_bytes(sub)) {
-                bytes += st.st_size.max(0) as u64;
-            }
+    for sub in [names::CUR, names::NEW] {
+        if let Ok(st) = sys::lstat_at(mailbox, OsStr::from_bytes(sub)) {
+            bytes += st.st_size.max(0) as u64;
         }
     }
     (bytes / 16) as usize
+}
+
+/// [`expected_entries`] for every mailbox of `accounts`, opened beneath `root`: the fd table
+/// is grown once for all of them before parallel captures start, because a table growing in
+/// one thread stalls every other thread's opens, and so their lock holds.
+pub fn expected_entries_all(root: BorrowedFd<'_>, accounts: &[Account]) -> usize {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    accounts
+        .iter()
+        .flat_map(|a| &a.mailboxes)
+        .filter_map(|rel| sys::open_beneath(root, rel.as_os_str(), flags).ok())
+        .map(|fd| expected_in(fd.as_fd()))
+        .sum()
 }
 
 enum LockRound {

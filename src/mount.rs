@@ -144,16 +144,7 @@ pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Resul
         one_mailbox_at_a_time: false,
     };
     let budget = PinBudget::from_rlimit();
-    let mut captures: Vec<AccountCapture> = Vec::with_capacity(found.accounts.len());
-    for account in &found.accounts {
-        captures.push(capture::capture_account(
-            root.as_fd(),
-            source,
-            account,
-            &policy,
-            &budget,
-        )?);
-    }
+    let captures = capture_accounts(root, source, &found.accounts, &policy, &budget)?;
     let accounts = captures
         .iter()
         .map(|c| AccountSummary {
@@ -177,6 +168,65 @@ pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Resul
         elapsed: started.elapsed(),
         fd_limit: budget.limit,
     })
+}
+
+/// Captures the accounts in parallel, one worker per CPU (at most 8): each worker takes the
+/// next account and captures it whole, so an account's locks are held by one thread for its
+/// own listing only, as in a sequential capture. The result is in discovery order.
+fn capture_accounts(
+    root: &OwnedFd,
+    source: &Path,
+    accounts: &[maildir::Account],
+    policy: &LockPolicy,
+    budget: &PinBudget,
+) -> Result<Vec<AccountCapture>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(accounts.len().max(1));
+    budget.reserve_table(
+        capture::expected_entries_all(root.as_fd(), accounts),
+        root.as_fd(),
+    );
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<Result<AccountCapture>>>> =
+        accounts.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(account) = accounts.get(i) else {
+                        break;
+                    };
+                    let r = capture::capture_account(root.as_fd(), source, account, policy, budget);
+                    let failed = r.is_err();
+                    *slots[i].lock() = Some(r);
+                    if failed {
+                        // Stop handing out work; the first error is reported.
+                        next.store(accounts.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let results: Vec<Option<Result<AccountCapture>>> =
+        slots.into_iter().map(Mutex::into_inner).collect();
+    // Report a real error first; an account left out is only the consequence of one.
+    let mut out = Vec::with_capacity(accounts.len());
+    let mut first_err = None;
+    for r in results.into_iter().flatten() {
+        match r {
+            Ok(c) => out.push(c),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    Ok(out)
 }
 
 /// Test-only: keep each account's locks this long after listing (`MAILDIRFS_TEST_HOLD_MS`).
