@@ -56,6 +56,13 @@ pub fn freeze(
     for a in captures {
         mailboxes.extend(a.mailboxes);
     }
+    // Every listed message, plus a generous allowance per mailbox for its directories,
+    // control and index files.
+    let expected = mailboxes
+        .values()
+        .map(|m| m.new.len() + m.cur.len() + 24)
+        .sum::<usize>()
+        + 64;
     let mut f = Freezer {
         root,
         budget,
@@ -63,7 +70,7 @@ pub fn freeze(
         dev: root_st.st_dev,
         exclude_indexes,
         mailboxes,
-        builder: Builder::new(attr_of(&root_st), root_st.st_dev),
+        builder: Builder::new(attr_of(&root_st), root_st.st_dev, expected),
         report: FreezeReport::default(),
         totals: &mut totals,
     };
@@ -201,9 +208,10 @@ impl Freezer<'_> {
                 {
                     children.push(NewNode {
                         kind: NewKind::File(NewContent::Inline(c.bytes.clone())),
-                        attr: Attr {
-                            size: c.bytes.len() as u64,
-                            ..attr_of(&c.stat)
+                        attr: {
+                            let mut a = attr_of(&c.stat);
+                            a.size = c.bytes.len() as u64;
+                            a
                         },
                         name,
                         pin: None,
@@ -478,18 +486,16 @@ impl Freezer<'_> {
 
 /// The captured attributes of a `stat`.
 pub fn attr_of(st: &sys::Stat) -> Attr {
-    Attr {
-        ino: Ino(st.st_ino),
-        size: st.st_size.max(0) as u64,
-        blocks: st.st_blocks.max(0) as u64,
-        atime: stamp(st.st_atime, st.st_atime_nsec),
-        mtime: stamp(st.st_mtime, st.st_mtime_nsec),
-        ctime: stamp(st.st_ctime, st.st_ctime_nsec),
-        perm: (st.st_mode & 0o7777) as u16,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        nlink: 1,
-    }
+    Attr::new(
+        Ino(st.st_ino),
+        st.st_size.max(0) as u64,
+        stamp(st.st_atime, st.st_atime_nsec),
+        stamp(st.st_mtime, st.st_mtime_nsec),
+        stamp(st.st_ctime, st.st_ctime_nsec),
+        (st.st_mode & 0o7777) as u16,
+        st.st_uid,
+        st.st_gid,
+    )
 }
 
 fn stamp(sec: i64, nsec: i64) -> Stamp {

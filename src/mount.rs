@@ -161,6 +161,7 @@ pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Resul
         opts.exclude_indexes,
         &budget,
     )?;
+    sys::trim_heap();
     Ok(Captured {
         snapshot,
         report,
@@ -244,6 +245,7 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     // Before any thread exists: every thread inherits the mask, and only the signal thread
     // below receives the stop signals.
     sys::block_stop_signals().map_err(|e| Error::io("cannot set up signals", "maildirfs", e))?;
+    sys::fix_mmap_threshold();
     let unmounter: Arc<Mutex<Option<fuser::SessionUnmounter>>> = Arc::new(Mutex::new(None));
     let u = Arc::clone(&unmounter);
     std::thread::Builder::new()

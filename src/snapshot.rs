@@ -59,22 +59,74 @@ impl Stamp {
     }
 }
 
-/// The captured attributes of a node.
+/// The captured attributes of a node, packed: the times' seconds and nanoseconds are kept
+/// apart so that no field needs padding (this struct is most of a node, and a snapshot holds
+/// one node per entry of the store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
     /// The source inode number (also the FUSE node id; see the module doc).
     pub ino: Ino,
     pub size: u64,
-    pub blocks: u64,
-    pub atime: Stamp,
-    pub mtime: Stamp,
-    pub ctime: Stamp,
-    /// Permission bits and set-id/sticky bits (no file type).
-    pub perm: u16,
+    /// atime, mtime, ctime: seconds.
+    secs: [i64; 3],
+    /// atime, mtime, ctime: nanoseconds.
+    nsecs: [u32; 3],
     pub uid: u32,
     pub gid: u32,
     /// As seen inside the view: paths with this inode for files, 2 + subdirectories for dirs.
     pub nlink: u32,
+    /// Permission bits and set-id/sticky bits (no file type).
+    pub perm: u16,
+}
+
+impl Attr {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ino: Ino,
+        size: u64,
+        atime: Stamp,
+        mtime: Stamp,
+        ctime: Stamp,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+    ) -> Attr {
+        Attr {
+            ino,
+            size,
+            secs: [atime.sec, mtime.sec, ctime.sec],
+            nsecs: [atime.nsec, mtime.nsec, ctime.nsec],
+            uid,
+            gid,
+            nlink: 1,
+            perm,
+        }
+    }
+
+    pub fn atime(&self) -> Stamp {
+        self.stamp(0)
+    }
+
+    pub fn mtime(&self) -> Stamp {
+        self.stamp(1)
+    }
+
+    pub fn ctime(&self) -> Stamp {
+        self.stamp(2)
+    }
+
+    fn stamp(&self, i: usize) -> Stamp {
+        Stamp {
+            sec: self.secs[i],
+            nsec: self.nsecs[i],
+        }
+    }
+
+    /// 512-byte blocks, as `stat` counts them; derived from the size (mail is never sparse),
+    /// which saves storing it.
+    pub fn blocks(&self) -> u64 {
+        self.size.div_ceil(512)
+    }
 }
 
 /// Where a regular file's bytes come from when it is read.
@@ -107,7 +159,8 @@ pub enum Kind {
 pub struct Node {
     pub parent: NodeIdx,
     name_off: u32,
-    name_len: u32,
+    /// A name is at most `NAME_MAX` (255) bytes.
+    name_len: u8,
     pub kind: Kind,
     pub attr: Attr,
 }
@@ -133,8 +186,11 @@ pub struct Snapshot {
     names: Vec<u8>,
     /// Control-file bytes and symlink targets.
     inline: Vec<Arc<[u8]>>,
-    /// (node id, node) for every node but the root, sorted; hard links appear once per path.
-    by_ino: Vec<(Ino, NodeIdx)>,
+    /// The node id of every node but the root, sorted, and beside it (same position) the node:
+    /// a hard-linked file appears once per path. Two arrays, not one of pairs, to save the
+    /// padding of a pair.
+    ino_keys: Vec<Ino>,
+    ino_nodes: Vec<NodeIdx>,
     /// The `O_PATH` pin of each node, by node index; `None` for directories, symlinks, inline
     /// files and files over the pin budget.
     pins: Vec<Option<OwnedFd>>,
@@ -158,7 +214,7 @@ impl Snapshot {
 
     pub fn name(&self, idx: NodeIdx) -> &[u8] {
         let n = self.node(idx);
-        &self.names[n.name_off as usize..(n.name_off + n.name_len) as usize]
+        &self.names[n.name_off as usize..n.name_off as usize + n.name_len as usize]
     }
 
     /// The pinned inode of a regular-file node, if it has one.
@@ -184,19 +240,17 @@ impl Snapshot {
         if ino == Ino::ROOT {
             return Some(NodeIdx::ROOT);
         }
-        let i = self.by_ino.partition_point(|(k, _)| *k < ino);
-        self.by_ino
-            .get(i)
-            .filter(|(k, _)| *k == ino)
-            .map(|(_, n)| *n)
+        let i = self.ino_keys.partition_point(|k| *k < ino);
+        (self.ino_keys.get(i) == Some(&ino)).then(|| self.ino_nodes[i])
     }
 
     /// Every node with this node id: one per path of a hard-linked file.
     pub fn links(&self, ino: Ino) -> impl Iterator<Item = NodeIdx> + '_ {
-        let i = self.by_ino.partition_point(|(k, _)| *k < ino);
-        self.by_ino[i..]
+        let i = self.ino_keys.partition_point(|k| *k < ino);
+        self.ino_keys[i..]
             .iter()
-            .take_while(move |(k, _)| *k == ino)
+            .zip(&self.ino_nodes[i..])
+            .take_while(move |(k, _)| **k == ino)
             .map(|(_, n)| *n)
     }
 
@@ -214,7 +268,7 @@ impl Snapshot {
         let (lo, hi) = (range.start as usize, range.end as usize);
         let pos = self.nodes[lo..hi]
             .binary_search_by(|n| {
-                self.names[n.name_off as usize..(n.name_off + n.name_len) as usize].cmp(name)
+                self.names[n.name_off as usize..n.name_off as usize + n.name_len as usize].cmp(name)
             })
             .ok()?;
         Some(NodeIdx((lo + pos) as u32))
@@ -267,8 +321,14 @@ pub enum NewContent {
 }
 
 impl Builder {
-    pub fn new(root: Attr, source_dev: u64) -> Builder {
+    /// A builder with room for about `entries` nodes (an estimate: reserving up front avoids
+    /// the moment when a doubling `Vec` holds its old and new copies, which would set the
+    /// process's peak memory).
+    pub fn new(root: Attr, source_dev: u64, entries: usize) -> Builder {
         let mut b = Builder::default();
+        b.snap.nodes.reserve(entries);
+        b.snap.pins.reserve(entries);
+        b.snap.names.reserve(entries * 40);
         b.snap.source_dev = source_dev;
         b.snap.pins.push(None);
         b.snap.nodes.push(Node {
@@ -313,7 +373,7 @@ impl Builder {
             self.snap.nodes.push(Node {
                 parent: dir,
                 name_off,
-                name_len: c.name.len() as u32,
+                name_len: u8::try_from(c.name.len()).unwrap_or(u8::MAX),
                 kind,
                 attr,
             });
@@ -362,7 +422,11 @@ impl Builder {
                 snap.nodes[d].attr.nlink = 2 + subdirs;
             }
         }
-        snap.by_ino = by_ino;
+        snap.ino_keys = by_ino.iter().map(|(k, _)| *k).collect();
+        snap.ino_nodes = by_ino.into_iter().map(|(_, n)| n).collect();
+        snap.nodes.shrink_to_fit();
+        snap.names.shrink_to_fit();
+        snap.pins.shrink_to_fit();
         snap.totals = totals;
         snap.totals.pinned = snap.pins.iter().filter(|p| p.is_some()).count();
         snap.totals.unpinned = snap
@@ -391,11 +455,11 @@ impl Snapshot {
         fuser::FileAttr {
             ino: fuser::INodeNo(self.ino_of(idx).0),
             size: a.size,
-            blocks: a.blocks,
-            atime: a.atime.to_system_time(),
-            mtime: a.mtime.to_system_time(),
-            ctime: a.ctime.to_system_time(),
-            crtime: a.ctime.to_system_time(),
+            blocks: a.blocks(),
+            atime: a.atime().to_system_time(),
+            mtime: a.mtime().to_system_time(),
+            ctime: a.ctime().to_system_time(),
+            crtime: a.ctime().to_system_time(),
             kind,
             perm: a.perm,
             nlink: a.nlink,
@@ -413,18 +477,8 @@ mod tests {
     use super::*;
 
     fn attr(ino: u64) -> Attr {
-        Attr {
-            ino: Ino(ino),
-            size: 0,
-            blocks: 0,
-            atime: Stamp::default(),
-            mtime: Stamp::default(),
-            ctime: Stamp::default(),
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-        }
+        let t = Stamp::default();
+        Attr::new(Ino(ino), 0, t, t, t, 0o755, 0, 0)
     }
 
     fn file(name: &str, ino: u64) -> NewNode {
@@ -438,7 +492,7 @@ mod tests {
 
     #[test]
     fn lookup_resolve_paths_and_links() {
-        let mut b = Builder::new(attr(2), 7);
+        let mut b = Builder::new(attr(2), 7, 8);
         let top = b.add_children(
             NodeIdx::ROOT,
             vec![

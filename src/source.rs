@@ -159,8 +159,8 @@ impl Source {
         let same_content = match node.kind {
             Kind::File(Content::Message) => {
                 size == node.attr.size
-                    && st.st_mtime == node.attr.mtime.sec
-                    && st.st_mtime_nsec == i64::from(node.attr.mtime.nsec)
+                    && st.st_mtime == node.attr.mtime().sec
+                    && st.st_mtime_nsec == i64::from(node.attr.mtime().nsec)
             }
             _ => size >= node.attr.size,
         };
