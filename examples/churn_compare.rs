@@ -15,12 +15,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::churn::{ChurnReport, Journal, run_churn};
-use common::dovecot::{Dovecot, body_hash, message};
+use common::churn::{ChurnReport, churn_setup, run_churn};
 use common::{Fixture, Mounted};
 
 fn main() {
@@ -55,12 +52,7 @@ fn main() {
 }
 
 fn rsync(from: &Path, to: &Path) -> bool {
-    Command::new("rsync")
-        .arg("-a")
-        .arg(format!("{}/", from.display()))
-        .arg(to)
-        .output()
-        .is_ok_and(|o| o.status.success())
+    common::rsync_a(from, to).status.success()
 }
 
 fn run(
@@ -69,23 +61,7 @@ fn run(
     copy: &mut dyn FnMut(&Fixture, &Path) -> (Instant, Instant, bool),
 ) -> ChurnReport {
     let fx = Fixture::new(tag);
-    let dc = Arc::new(Dovecot::start(
-        &fx.dir.join("dovecot"),
-        &fx.src(),
-        &["alice"],
-    ));
-    dc.doveadm_ok(&["mailbox", "create", "-u", "alice", "Other"]);
-    let journal = Arc::new(Mutex::new(Journal::default()));
-    for i in 0..300 {
-        let id = format!("pre{i}@churn");
-        let msg = message(&id, 100 + i % 50);
-        assert!(dc.deliver("alice", None, &msg).status.success());
-        journal
-            .lock()
-            .unwrap()
-            .delivered
-            .insert(id, (Instant::now(), body_hash(&msg)));
-    }
+    let (dc, journal) = churn_setup(&fx, 300);
     let mut copy_fx = |dest: &Path| copy(&fx, dest);
     run_churn(&fx, &dc, &journal, dur, &mut copy_fx)
 }

@@ -66,6 +66,7 @@ fn dovecot_waits_for_our_locks_and_deliveries_do_not() {
         wait_for(Duration::from_secs(10), || lock.exists()),
         "no lock taken"
     );
+    let ours = std::fs::read_to_string(&lock).unwrap_or_default();
     let mut flags = dc.doveadm_spawn(&[
         "flags",
         "add",
@@ -113,7 +114,9 @@ fn dovecot_waits_for_our_locks_and_deliveries_do_not() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!lock.exists());
+    // Ours is gone (the lock there now, if any, is the waiting doveadm's own).
+    let now = std::fs::read_to_string(&lock).unwrap_or_default();
+    assert!(now != ours, "our lock is still there");
     // Released: both complete, and did what they were asked.
     for (name, child) in [("flags", &mut flags), ("move", &mut mv)] {
         let end = Instant::now() + Duration::from_secs(30);
@@ -287,34 +290,13 @@ fn churn_loses_no_message() {
     }
     let _s = serial();
     let fx = Fixture::new("dc-churn");
-    let dc = Arc::new(Dovecot::start(
-        &fx.dir.join("dovecot"),
-        &fx.src(),
-        &["alice"],
-    ));
-    let journal = Arc::new(Mutex::new(Journal::default()));
-    dc.doveadm_ok(&["mailbox", "create", "-u", "alice", "Other"]);
-    for i in 0..150 {
-        let id = format!("pre{i}@churn");
-        let msg = message(&id, 100 + i % 50);
-        assert!(dc.deliver("alice", None, &msg).status.success());
-        journal
-            .lock()
-            .unwrap()
-            .delivered
-            .insert(id, (Instant::now(), body_hash(&msg)));
-    }
+    let (dc, journal) = churn_setup(&fx, 150);
     let log = fx.dir.join("maildirfs.log");
     let mut through_maildirfs = |dest: &Path| {
         let began = Instant::now();
         let m = Mounted::new(&fx, &["--log-file", log.to_str().unwrap()]);
         let complete = Instant::now();
-        let ok = Command::new("rsync")
-            .arg("-a")
-            .arg(format!("{}/", m.mnt.display()))
-            .arg(dest)
-            .status()
-            .is_ok_and(|s| s.success());
+        let ok = rsync_a(&m.mnt, dest).status.success();
         m.umount();
         (began, complete, ok)
     };
@@ -419,12 +401,10 @@ fn restore_from_an_image_keeps_uids_flags_and_guids() {
     assert!(at_capture.1.contains("Project-X"), "{}", at_capture.1);
 
     let m = Mounted::new(&fx, &[]);
-    let out = Command::new("rsync")
-        .arg("-a")
-        .arg(format!("{}/", m.mnt.join("alice/Maildir").display()))
-        .arg(fx.src().join("restored/Maildir"))
-        .output()
-        .unwrap();
+    let out = rsync_a(
+        &m.mnt.join("alice/Maildir"),
+        &fx.src().join("restored/Maildir"),
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -69,12 +69,7 @@ fn view_keeps_captured_bytes_and_attributes_while_the_store_changes() {
 
     // rsync of the view exits 0 (no "vanished" 24) and its copy is the capture.
     let copy = fx.dir.join("copy");
-    let out = Command::new("rsync")
-        .arg("-a")
-        .arg(format!("{}/", m.mnt.display()))
-        .arg(&copy)
-        .output()
-        .unwrap();
+    let out = rsync_a(&m.mnt, &copy);
     assert!(
         out.status.success(),
         "rsync: {}",
@@ -165,12 +160,7 @@ fn a_mount_backup_umount_cycle_changes_no_source_file() {
     store(&fx, 200);
     let before = tree(&fx.src(), false);
     let m = Mounted::new(&fx, &[]);
-    let out = Command::new("rsync")
-        .arg("-a")
-        .arg(format!("{}/", m.mnt.display()))
-        .arg(fx.dir.join("copy"))
-        .output()
-        .unwrap();
+    let out = rsync_a(&m.mnt, &fx.dir.join("copy"));
     assert!(out.status.success());
     m.umount();
     let after = tree(&fx.src(), false);

@@ -22,6 +22,29 @@ pub struct Journal {
     pub expunged: HashMap<String, Instant>,
 }
 
+/// A private Dovecot for user alice with folders INBOX and Other, `n` messages delivered to
+/// INBOX with LDA, and the journal that records them.
+pub fn churn_setup(fx: &Fixture, n: usize) -> (Arc<Dovecot>, Arc<Mutex<Journal>>) {
+    let dc = Arc::new(Dovecot::start(
+        &fx.dir.join("dovecot"),
+        &fx.src(),
+        &["alice"],
+    ));
+    dc.doveadm_ok(&["mailbox", "create", "-u", "alice", "Other"]);
+    let journal = Arc::new(Mutex::new(Journal::default()));
+    for i in 0..n {
+        let id = format!("pre{i}@churn");
+        let msg = message(&id, 100 + i % 50);
+        assert!(dc.deliver("alice", None, &msg).status.success());
+        journal
+            .lock()
+            .unwrap()
+            .delivered
+            .insert(id, (Instant::now(), body_hash(&msg)));
+    }
+    (dc, journal)
+}
+
 /// What one churn run found.
 #[derive(Debug, Default)]
 pub struct ChurnReport {

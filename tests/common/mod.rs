@@ -153,6 +153,16 @@ pub fn run(args: &[&OsStr], env: &[(&str, &str)]) -> Output {
     c.output().expect("run maildirfs")
 }
 
+/// `rsync -a FROM/ TO` (the contents of FROM into TO), as a backup would run it.
+pub fn rsync_a(from: &Path, to: &Path) -> Output {
+    Command::new("rsync")
+        .arg("-a")
+        .arg(format!("{}/", from.display()))
+        .arg(to)
+        .output()
+        .expect("run rsync (installed by scripts/test)")
+}
+
 /// A mounted view; unmounts (and if need be kills the server) on drop.
 pub struct Mounted {
     pub mnt: PathBuf,
