@@ -675,3 +675,80 @@ fn bad_input_gets_one_clear_line_and_exit_1() {
     // Nothing of ours is left anywhere in the source.
     assert!(lock_files(&src).is_empty());
 }
+
+#[test]
+fn passthrough_serves_the_same_bytes_and_says_so() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("passthrough");
+    fx.mailbox("Maildir");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fx.write("Maildir/cur/1.big:2,S", &big);
+    fx.write("Maildir/cur/2.small:2,S", b"small\n");
+    fx.write("Maildir/dovecot-uidlist", b"3 V1 N3\n");
+    let m = Mounted::new(&fx, &["--passthrough"]);
+    // Kernels without FUSE passthrough fall back, and the summary says which one it is.
+    assert!(
+        m.stderr.contains("reads: kernel passthrough")
+            || m.stderr.contains("passthrough not available"),
+        "summary: {}",
+        m.stderr
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            std::fs::read(m.mnt.join("Maildir/cur/1.big:2,S")).unwrap(),
+            big
+        );
+        assert_eq!(
+            std::fs::read(m.mnt.join("Maildir/cur/2.small:2,S")).unwrap(),
+            b"small\n"
+        );
+        // Control files are served from memory even in passthrough mode.
+        assert_eq!(
+            std::fs::read(m.mnt.join("Maildir/dovecot-uidlist")).unwrap(),
+            b"3 V1 N3\n"
+        );
+    }
+    // Many opens of one inode at once share one backing file.
+    let files: Vec<std::fs::File> = (0..8)
+        .map(|_| std::fs::File::open(m.mnt.join("Maildir/cur/1.big:2,S")).unwrap())
+        .collect();
+    let mut buf = vec![0u8; 4096];
+    for f in &files {
+        use std::os::unix::fs::FileExt;
+        assert_eq!(f.read_at(&mut buf, 1000).unwrap(), 4096);
+        assert_eq!(&buf[..], &big[1000..5096]);
+    }
+    drop(files);
+    m.umount();
+}
+
+#[test]
+fn umount_clears_the_mount_of_a_crashed_server_and_a_new_mount_works() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("crash");
+    fx.mailbox("Maildir");
+    fx.write("Maildir/cur/1.x:2,S", b"a");
+    let m = Mounted::new(&fx, &[]);
+    let pid = server_pid(&m.mnt).expect("server pid");
+    Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(wait_gone(pid, Duration::from_secs(10)));
+    // The mount point stays inaccessible (not empty) until it is cleared.
+    let err = std::fs::read_dir(&m.mnt).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    m.umount();
+    let m = Mounted::new(&fx, &[]);
+    assert_eq!(
+        std::fs::read(m.mnt.join("Maildir/cur/1.x:2,S")).unwrap(),
+        b"a"
+    );
+    m.umount();
+    assert!(lock_files(&fx.src()).is_empty());
+}
