@@ -1,6 +1,8 @@
-//! The server's state file, one per mount, named after the mount's device number: it tells
-//! `maildirfs umount` (and later `status`) which process serves a mount point and what it
-//! captured, and its `flock` tells when that process has exited.
+//! The server's state file, one per mount, named `<major>_<minor>.<pid>.state` after the
+//! mount's device number and the server's pid: it tells `maildirfs umount` which process
+//! serves a mount point and what it captured, and its `flock` tells when that process has
+//! exited. The pid in the name keeps a new server from ever opening the file of an old one
+//! that reused the device number and has not removed its file yet.
 //!
 //! Invariant: while a server runs, it holds an exclusive `flock` on its state file; the file
 //! is removed when it exits cleanly. A file that can be locked belongs to a dead server.
@@ -23,9 +25,9 @@ pub fn dir() -> PathBuf {
     }
 }
 
-/// The state file of the mount with device number `devno` ("major:minor").
-pub fn state_path(devno: &str) -> PathBuf {
-    dir().join(format!("{}.state", devno.replace(':', "_")))
+/// The file-name prefix of the state files of device number `devno` ("major:minor").
+fn prefix(devno: &str) -> String {
+    format!("{}.", devno.replace(':', "_"))
 }
 
 /// A running server's state file, locked for the server's lifetime.
@@ -40,12 +42,12 @@ impl StateFile {
     pub fn create(devno: &str) -> Result<StateFile> {
         let d = dir();
         std::fs::create_dir_all(&d).map_err(|e| Error::io("cannot create runtime dir", &d, e))?;
-        let path = state_path(devno);
+        let path = d.join(format!("{}{}.state", prefix(devno), sys::getpid()));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(false)
+            .truncate(true)
             .open(&path)
             .map_err(|e| Error::io("cannot create state file", &path, e))?;
         file.try_lock()
@@ -87,10 +89,31 @@ pub fn read_fields(file: &mut File) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Opens an existing state file for reading (to wait on its lock), if there is one.
-pub fn open_existing(devno: &str) -> Option<(File, PathBuf)> {
-    let path = state_path(devno);
-    File::open(&path).ok().map(|f| (f, path))
+/// The state files of device number `devno`: the live server's (locked by it), if any, and
+/// the paths of stale ones left by servers that crashed.
+pub fn find_state(devno: &str) -> (Option<(File, PathBuf)>, Vec<PathBuf>) {
+    let want = prefix(devno);
+    let mut live = None;
+    let mut stale = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir()) else {
+        return (None, stale);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with(&want) || !name.ends_with(".state") {
+            continue;
+        }
+        let path = e.path();
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        match file.try_lock_shared() {
+            Ok(()) => stale.push(path),
+            Err(_) => live = Some((file, path)),
+        }
+    }
+    (live, stale)
 }
 
 /// One mount as `/proc/self/mountinfo` describes it.

@@ -28,11 +28,16 @@ pub fn umount(mountpoint: &Path) -> Result<Option<String>> {
             format!("not a maildirfs mount (type {})", entry.fstype),
         ));
     }
-    let state = runtime::open_existing(&entry.devno);
+    let (state, stale) = runtime::find_state(&entry.devno);
+    // State files nobody holds were left by crashed servers.
+    for path in stale {
+        let _ = std::fs::remove_file(path);
+    }
     unmount_now(&abs).map_err(|e| Error::io("cannot unmount", mountpoint, e))?;
-    let Some((mut file, path)) = state else {
+    let Some((mut file, _)) = state else {
         return Ok(None);
     };
+    // The server removes its state file itself when it exits; it only has to be read.
     let deadline = Instant::now() + EXIT_WAIT;
     loop {
         match file.try_lock_shared() {
@@ -48,8 +53,6 @@ pub fn umount(mountpoint: &Path) -> Result<Option<String>> {
         }
     }
     let fields = runtime::read_fields(&mut file);
-    // A crashed server leaves its state file behind; a clean one has removed it already.
-    let _ = std::fs::remove_file(&path);
     Ok(fields
         .into_iter()
         .find(|(k, _)| k == "final")

@@ -133,10 +133,15 @@ pub fn server_pid(path: &Path) -> Option<i32> {
     let line = text
         .lines()
         .rfind(|l| l.split(' ').nth(4) == Some(want.as_str()))?;
-    let devno = line.split(' ').nth(2)?;
-    let state =
-        std::fs::read_to_string(format!("/run/maildirfs/{}.state", devno.replace(':', "_")))
-            .ok()?;
+    let prefix = format!("{}.", line.split(' ').nth(2)?.replace(':', "_"));
+    // The live server's file is the one it holds locked.
+    let state = std::fs::read_dir("/run/maildirfs")
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| std::fs::File::open(e.path()).ok().map(|f| (f, e.path())))
+        .find(|(f, _)| f.try_lock_shared().is_err())
+        .and_then(|(_, p)| std::fs::read_to_string(p).ok())?;
     state
         .lines()
         .find_map(|l| l.strip_prefix("pid="))
