@@ -51,6 +51,9 @@ pub struct LockPolicy {
     /// A message MOVEd between folders can then vanish from the image; the Dovecot tests use
     /// it to show that they can catch that.
     pub one_mailbox_at_a_time: bool,
+    /// `--lock-host`: the host written into our locks instead of ours (see
+    /// `lock::lock_content`).
+    pub lock_host: Option<String>,
 }
 
 /// One entry of a `new/` or `cur/` listing.
@@ -181,7 +184,7 @@ fn capture_set(
     budget: &PinBudget,
 ) -> Result<AccountCapture> {
     let deadline = Instant::now() + policy.timeout;
-    let content = lock_content();
+    let content = lock_content(policy.lock_host.as_deref());
     let mut rng = Jitter::new();
     let mut backoff = Duration::from_millis(10);
     let mut why_unlocked: Option<String> = policy.no_lock.then(|| "--no-lock given".to_owned());

@@ -221,9 +221,29 @@ fn time_of(sec: i64, nsec: i64) -> SystemTime {
     }
 }
 
-/// The lock content this process writes: `<pid>:<hostname>`.
-pub fn lock_content() -> String {
-    format!("{}:{}", sys::getpid(), sys::hostname())
+/// The lock content this process writes: `<pid>:<host>`, with the host Dovecot sees
+/// (`DOVECOT_HOSTNAME` or `gethostname()`), or `lock_host` when given (`--lock-host`).
+///
+/// Why `--lock-host`: Dovecot checks the pid in a lock only when the host in it is its own, and
+/// then with `kill(pid, 0)` in *its* PID namespace. A maildirfs in another PID namespace (a
+/// container) writing its own pid would be judged by an unrelated process there: overridden at
+/// once if no such pid exists, or never if one does. A host name Dovecot does not recognise
+/// makes it fall back to the 120 s no-change rule, which our 5 s touch keeps from firing.
+pub fn lock_content(lock_host: Option<&str>) -> String {
+    let host = lock_host.map_or_else(sys::hostname, str::to_owned);
+    format!("{}:{}", sys::getpid(), host)
+}
+
+/// Whether this process is likely in another PID namespace than the host's init, where its
+/// pid means nothing to a Dovecot outside (see [`lock_content`]).
+pub fn in_other_pid_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/pid"),
+        std::fs::read_link("/proc/1/ns/pid"),
+    ) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => false,
+    }
 }
 
 /// Touches every held lock every [`TOUCH_INTERVAL`] from one background thread, so a hold
@@ -296,7 +316,7 @@ mod tests {
     fn lock_content_and_release() {
         let t = crate::testutil::TempDir::new("lock");
         let dir = dirfd(t.path());
-        let lock = match UidlistLock::try_lock(&dir, t.path(), &lock_content()).unwrap() {
+        let lock = match UidlistLock::try_lock(&dir, t.path(), &lock_content(None)).unwrap() {
             TryLock::Locked(l) => l,
             TryLock::Busy(w) => panic!("busy: {w}"),
         };
@@ -368,7 +388,7 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        let got = UidlistLock::try_lock(&dir, t.path(), &lock_content()).unwrap();
+        let got = UidlistLock::try_lock(&dir, t.path(), &lock_content(None)).unwrap();
         assert!(matches!(got, TryLock::Locked(_)));
     }
 
@@ -385,6 +405,14 @@ mod tests {
             UidlistLock::try_lock(&dir, t.path(), "1:h").unwrap(),
             TryLock::Busy(_)
         ));
+    }
+
+    #[test]
+    fn lock_host_replaces_the_host_name() {
+        assert_eq!(
+            lock_content(Some("maildirfs.backup")),
+            format!("{}:maildirfs.backup", std::process::id())
+        );
     }
 
     #[test]

@@ -71,6 +71,10 @@ struct MountArgs {
     /// Append log lines here (default: syslog once detached, stderr before).
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
+    /// Write NAME instead of this host's name into the locks, so that a Dovecot in another PID
+    /// namespace (maildirfs in a container) judges them by age, not by a pid it cannot see.
+    #[arg(long, value_name = "NAME", value_parser = maildirfs::options::valid_lock_host)]
+    lock_host: Option<String>,
     /// Let the kernel read file contents straight from the source files (FUSE passthrough,
     /// Linux >= 6.9, root); without it, or where the kernel refuses, maildirfs serves reads and
     /// the kernel caches them.
@@ -94,6 +98,7 @@ impl MountArgs {
         };
         o.log_file = self.log_file;
         o.passthrough = self.passthrough;
+        o.lock_host = self.lock_host;
         for list in &self.options {
             o.apply_o(list)?;
         }

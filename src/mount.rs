@@ -142,7 +142,14 @@ pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Resul
         timeout: opts.lock_timeout,
         test_hold: test_hold(),
         one_mailbox_at_a_time: false,
+        lock_host: opts.lock_host.clone(),
     };
+    if opts.lock_host.is_none() && !opts.no_lock && crate::lock::in_other_pid_namespace() {
+        log::warn!(
+            "this process is in another PID namespace than the host's init: a Dovecot outside \
+             it cannot check our pid and may override our locks; use --lock-host NAME"
+        );
+    }
     let budget = PinBudget::from_rlimit();
     let captures = capture_accounts(root, source, &found.accounts, &policy, &budget)?;
     let accounts = captures

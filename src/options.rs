@@ -25,6 +25,8 @@ pub struct MountOptions {
     pub log_file: Option<PathBuf>,
     /// `-o passthrough`: let the kernel read file contents straight from the source files.
     pub passthrough: bool,
+    /// `--lock-host NAME`: the host written into our locks (containers; see `lock.rs`).
+    pub lock_host: Option<String>,
 }
 
 impl MountOptions {
@@ -41,6 +43,7 @@ impl MountOptions {
             verbosity: 0,
             log_file: None,
             passthrough: false,
+            lock_host: None,
         }
     }
 
@@ -71,6 +74,7 @@ impl MountOptions {
                     self.lock_timeout = Duration::from_secs(secs);
                 }
                 ("log_file", Some(v)) if !v.is_empty() => self.log_file = Some(PathBuf::from(v)),
+                ("lock_host", Some(v)) => self.lock_host = Some(valid_lock_host(v)?),
                 _ => return Err(format!("unknown mount option: {opt}")),
             }
         }
@@ -79,6 +83,17 @@ impl MountOptions {
         }
         Ok(())
     }
+}
+
+/// A host name for `--lock-host`: Dovecot refuses (fatally) host names with `/`, CR, LF or
+/// TAB, and `:` would end the pid field; empty means nothing.
+pub fn valid_lock_host(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.contains(['/', '\r', '\n', '\t', ':']) || v.chars().any(char::is_control) {
+        return Err(format!(
+            "lock host {v:?}: must be a non-empty name without / : or control characters"
+        ));
+    }
+    Ok(v.to_owned())
 }
 
 #[cfg(test)]
@@ -97,5 +112,10 @@ mod tests {
         assert!(o.apply_o("lock_timeout=x").is_err());
         let mut o = MountOptions::new("/s".into(), "/m".into());
         assert!(o.apply_o("no_lock,strict_lock").is_err());
+        let mut o = MountOptions::new("/s".into(), "/m".into());
+        o.apply_o("lock_host=backup.example").unwrap();
+        assert_eq!(o.lock_host.as_deref(), Some("backup.example"));
+        assert!(o.apply_o("lock_host=a/b").is_err());
+        assert!(o.apply_o("lock_host=a:b").is_err());
     }
 }

@@ -280,6 +280,7 @@ fn policy(one_at_a_time: bool, gap_ms: u64) -> LockPolicy {
         timeout: Duration::from_secs(30),
         test_hold: Duration::from_millis(gap_ms),
         one_mailbox_at_a_time: one_at_a_time,
+        lock_host: None,
     }
 }
 

@@ -1,0 +1,346 @@
+//! Hardening: a root daemon over everyone's mail. Each attack or fault is its own test.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Below this fd limit the server keeps no pins, so every open goes to the live tree.
+const NO_PINS: u64 = 260;
+
+/// A place outside SOURCE with a file named like a captured message.
+fn outside_with_secret(fx: &Fixture) -> std::path::PathBuf {
+    let out = fx.dir.join("outside");
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(out.join(d)).unwrap();
+    }
+    std::fs::write(out.join("cur/1.M1P1.host:2,S"), b"SECRET\n").unwrap();
+    out
+}
+
+fn read_as(uid: u32, path: &Path) -> std::io::Result<Vec<u8>> {
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "--",
+            "cat",
+        ])
+        .arg(path)
+        .output()?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let code = if err.contains("Permission denied") {
+            libc::EACCES
+        } else {
+            libc::EIO
+        };
+        Err(std::io::Error::from_raw_os_error(code))
+    }
+}
+
+#[test]
+fn symlink_planted_in_cur_is_shown_as_a_symlink_never_followed() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("sec-symlink");
+    fx.mailbox("Maildir");
+    std::os::unix::fs::symlink("/etc/shadow", fx.src().join("Maildir/cur/2.evil:2,S")).unwrap();
+    let m = Mounted::new(&fx, &[]);
+    let link = m.mnt.join("Maildir/cur/2.evil:2,S");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/etc/shadow"));
+    // Opening the entry itself without following gives the link, not any bytes of the target.
+    let err = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&link)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+}
+
+#[test]
+fn cur_swapped_for_a_symlink_after_capture_serves_nothing_outside() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("sec-cur");
+    let mb = fx.mailbox("Maildir");
+    fx.write("Maildir/cur/1.M1P1.host:2,S", b"captured\n");
+    let outside = outside_with_secret(&fx);
+    let m = Mounted::with_nofile(&fx, &[], NO_PINS);
+    std::fs::rename(mb.join("cur"), mb.join("cur.moved")).unwrap();
+    std::os::unix::fs::symlink(outside.join("cur"), mb.join("cur")).unwrap();
+    let got = std::fs::read(m.mnt.join("Maildir/cur/1.M1P1.host:2,S"));
+    assert!(
+        got.is_err(),
+        "served {:?}",
+        got.map(|b| String::from_utf8_lossy(&b).into_owned())
+    );
+}
+
+#[test]
+fn mailbox_swapped_for_a_symlink_after_capture_serves_nothing_outside() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("sec-mbox");
+    fx.mailbox("Maildir");
+    fx.write("Maildir/cur/1.M1P1.host:2,S", b"captured\n");
+    let outside = outside_with_secret(&fx);
+    let m = Mounted::with_nofile(&fx, &[], NO_PINS);
+    std::fs::rename(fx.src().join("Maildir"), fx.src().join("Maildir.moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, fx.src().join("Maildir")).unwrap();
+    let got = std::fs::read(m.mnt.join("Maildir/cur/1.M1P1.host:2,S"));
+    assert!(
+        got.is_err(),
+        "served {:?}",
+        got.map(|b| String::from_utf8_lossy(&b).into_owned())
+    );
+}
+
+#[test]
+fn dotdot_absolute_and_symlinked_paths_cannot_leave_source() {
+    let fx = Fixture::new("sec-beneath");
+    fx.mailbox("Maildir");
+    std::os::unix::fs::symlink("/etc", fx.src().join("Maildir/etc")).unwrap();
+    let root = std::fs::File::open(fx.src()).unwrap();
+    use std::os::fd::AsFd;
+    for rel in [
+        "../outside",
+        "Maildir/../../x",
+        "/etc/passwd",
+        "Maildir/etc/passwd",
+    ] {
+        let r = maildirfs::sys::open_beneath(root.as_fd(), OsStr::new(rel), libc::O_RDONLY);
+        assert!(r.is_err(), "{rel} opened");
+    }
+    assert!(
+        maildirfs::sys::open_beneath(root.as_fd(), OsStr::new("Maildir/cur"), libc::O_RDONLY)
+            .is_ok()
+    );
+}
+
+#[test]
+fn allow_other_keeps_owners_and_modes_so_users_read_only_their_own_mail() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("sec-perm");
+    fx.mailbox("Maildir");
+    let own = fx.write("Maildir/cur/1.own:2,S", b"mine\n");
+    std::os::unix::fs::chown(&own, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let other = fx.write("Maildir/cur/2.other:2,S", b"not yours\n");
+    std::os::unix::fs::chown(&other, Some(5000), Some(5000)).unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A hard link the user planted to a file that root owns: its owner and mode come with it.
+    let secret = fx.dir.join("root-secret");
+    std::fs::write(&secret, b"root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::hard_link(&secret, fx.src().join("Maildir/cur/3.link:2,S")).unwrap();
+
+    let m = Mounted::new(&fx, &["--allow-other"]);
+    let cur = m.mnt.join("Maildir/cur");
+    let view = |n: &str| cur.join(n);
+    assert_eq!(read_as(65534, &view("1.own:2,S")).unwrap(), b"mine\n");
+    assert_eq!(
+        read_as(65534, &view("2.other:2,S"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        read_as(65534, &view("3.link:2,S"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EACCES)
+    );
+    let meta = std::fs::metadata(view("3.link:2,S")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777, meta.nlink()),
+        (0, 0o600, 1)
+    );
+    m.umount();
+
+    // Without --allow-other nobody but the mounting user gets in at all.
+    let m = Mounted::new(&fx, &[]);
+    assert_eq!(
+        read_as(65534, &view("1.own:2,S"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EACCES)
+    );
+    m.umount();
+}
+
+/// A tmpfs mounted inside the fixture, unmounted on drop.
+struct TmpfsAt(std::path::PathBuf);
+
+impl Drop for TmpfsAt {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn mount_points_inside_source_are_not_entered_and_reported() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("sec-xdev");
+    fx.mailbox("Maildir");
+    fx.write("Maildir/cur/1.x:2,S", b"a");
+    let inner = fx.src().join("Maildir/.Elsewhere");
+    std::fs::create_dir_all(&inner).unwrap();
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "none"])
+            .arg(&inner)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _guard = TmpfsAt(inner.clone());
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(inner.join(d)).unwrap();
+    }
+    std::fs::write(inner.join("cur/9.other-fs:2,S"), b"b").unwrap();
+    let m = Mounted::new(&fx, &[]);
+    assert!(
+        m.stderr
+            .contains("1 mount points inside the source not entered"),
+        "{}",
+        m.stderr
+    );
+    assert!(!m.mnt.join("Maildir/.Elsewhere").exists());
+    assert_eq!(
+        std::fs::read(m.mnt.join("Maildir/cur/1.x:2,S")).unwrap(),
+        b"a"
+    );
+}
+
+#[test]
+fn sigkill_during_capture_leaves_a_dead_pid_lock_that_the_next_run_clears() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("sec-kill");
+    fx.mailbox("Maildir");
+    let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
+    let (src, mnt) = (fx.src(), fx.mnt());
+    let mut child = Command::new(bin())
+        .args([OsStr::new("mount"), src.as_os_str(), mnt.as_os_str()])
+        .env("MAILDIRFS_TEST_HOLD_MS", "10000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || lock.exists()));
+    let content = std::fs::read_to_string(&lock).unwrap();
+    let pid: i32 = content.split(':').next().unwrap().parse().unwrap();
+    Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(wait_gone(pid, Duration::from_secs(5)));
+    let _ = child.wait();
+    // Left behind, naming a dead pid on this host: what Dovecot overrides at once.
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), content);
+    // The next run overrides it by Dovecot's rule (dead pid, 2 s old) and captures locked.
+    let m = Mounted::new(&fx, &["--lock-timeout", "10"]);
+    assert!(m.stderr.contains("all accounts locked"), "{}", m.stderr);
+    m.umount();
+    assert!(lock_files(&fx.src()).is_empty());
+}
+
+#[test]
+fn a_lock_overridden_during_capture_is_detected_and_the_account_captured_again() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("sec-override");
+    fx.mailbox("Maildir");
+    let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
+    let log = fx.dir.join("log");
+    let (src, mnt) = (fx.src(), fx.mnt());
+    let child = Command::new(bin())
+        .args([
+            OsStr::new("mount"),
+            OsStr::new("--lock-timeout"),
+            OsStr::new("2"),
+        ])
+        .arg("--log-file")
+        .arg(&log)
+        .args([src.as_os_str(), mnt.as_os_str()])
+        .env("MAILDIRFS_TEST_HOLD_MS", "1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || lock.exists()));
+    // Someone overrides our lock while we hold it: a live holder (this test) takes it over.
+    let theirs = format!("{}:{}", std::process::id(), hostname());
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::write(&lock, &theirs).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _guard = Mounted {
+        mnt: fx.mnt(),
+        stderr: String::new(),
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Detected, captured again, and since the new holder stays, captured without the lock.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("was overridden during capture"), "{logged}");
+    assert!(err.contains("WITHOUT lock"), "{err}");
+    // Their lock is theirs: never removed.
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), theirs);
+}
+
+#[test]
+fn lock_host_is_written_into_the_locks() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("sec-lockhost");
+    fx.mailbox("Maildir");
+    let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
+    let (src, mnt) = (fx.src(), fx.mnt());
+    let child = Command::new(bin())
+        .args(["mount", "--lock-host", "maildirfs.backup"])
+        .args([src.as_os_str(), mnt.as_os_str()])
+        .env("MAILDIRFS_TEST_HOLD_MS", "1500")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || lock.exists()));
+    let content = std::fs::read_to_string(&lock).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _guard = Mounted {
+        mnt: fx.mnt(),
+        stderr: String::new(),
+    };
+    assert!(out.status.success());
+    assert!(content.ends_with(":maildirfs.backup"), "{content}");
+    assert!(!lock.exists());
+}
