@@ -80,6 +80,8 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                 OPENAT2_MISSING.store(true, Ordering::Relaxed);
             }
+            // Longer than PATH_MAX: the walk opens one short component at a time.
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {}
             other => return other,
         }
     }
