@@ -69,8 +69,9 @@ static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
 
 /// Opens the relative path `rel` beneath `root`: no component may be a symlink, `..` may not
 /// leave `root`, and no mount point is crossed. Uses `openat2(RESOLVE_BENEATH |
-/// RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` where the kernel has it (Linux >= 5.6), otherwise a
-/// component-by-component walk with `O_NOFOLLOW` that rejects `..`.
+/// RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` where the kernel has it (Linux >= 5.6), otherwise
+/// (and for paths longer than `PATH_MAX`) a component-by-component walk with `O_NOFOLLOW` that
+/// rejects `..`.
 pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     if rel.is_empty() {
         return openat(root, OsStr::new("."), flags);
