@@ -13,6 +13,10 @@
 #[path = "gen_maildir.rs"]
 mod gen_maildir;
 
+/// The tests' helpers: where a mount's server is.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -245,21 +249,7 @@ fn parse_hold(summary: &str) -> Option<(f64, String)> {
 }
 
 fn server_peak_rss_kib(mnt: &Path) -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mnt.to_string_lossy().replace(' ', "\\040");
-    let line = info
-        .lines()
-        .rfind(|l| l.split(' ').nth(4) == Some(want.as_str()))?;
-    let prefix = format!("{}.", line.split(' ').nth(2)?.replace(':', "_"));
-    // The live server's state file is the one it holds locked.
-    let state = std::fs::read_dir("/run/maildirfs")
-        .ok()?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .filter_map(|e| std::fs::File::open(e.path()).ok().map(|f| (f, e.path())))
-        .find(|(f, _)| f.try_lock_shared().is_err())
-        .and_then(|(_, p)| std::fs::read_to_string(p).ok())?;
-    let pid = state.lines().find_map(|l| l.strip_prefix("pid="))?;
+    let pid = common::server_pid(mnt)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -383,21 +383,16 @@ fn all_locks_of_an_account_are_held_at_once_and_touched() {
         .iter()
         .map(|b| fx.src().join(b).join("dovecot-uidlist.lock"))
         .collect();
-    let src = fx.src();
     let mnt = fx.mnt();
-    let mut child = Command::new(bin())
-        .args([OsStr::new("mount"), src.as_os_str(), mnt.as_os_str()])
-        .env("MAILDIRFS_TEST_HOLD_MS", "1500")
-        .env("MAILDIRFS_TEST_TOUCH_MS", "200")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_for(Duration::from_secs(10), || locks[0].exists()),
-        "no lock appeared"
+    let mut child = spawn_mount(
+        &fx,
+        &[],
+        &[
+            ("MAILDIRFS_TEST_HOLD_MS", "1500"),
+            ("MAILDIRFS_TEST_TOUCH_MS", "200"),
+        ],
     );
+    wait_for_lock(&locks[0]);
     // All of them exist at the same instant, with Dovecot's content.
     assert!(wait_for(Duration::from_secs(1), || locks
         .iter()
@@ -443,24 +438,9 @@ fn sigterm_during_capture_releases_every_lock() {
     fx.mailbox("Maildir");
     fx.mailbox("Maildir/.Sent");
     let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
-    let src = fx.src();
-    let mnt = fx.mnt();
-    let child = Command::new(bin())
-        .args([OsStr::new("mount"), src.as_os_str(), mnt.as_os_str()])
-        .env("MAILDIRFS_TEST_HOLD_MS", "5000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || lock.exists()));
-    let content = std::fs::read_to_string(&lock).unwrap();
-    let server: i32 = content.split(':').next().unwrap().parse().unwrap();
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(server.to_string())
-        .status()
-        .unwrap();
+    let child = spawn_mount(&fx, &[], &[("MAILDIRFS_TEST_HOLD_MS", "5000")]);
+    let server = wait_for_lock(&lock);
+    signal(server, "-TERM");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -480,11 +460,7 @@ fn sigterm_to_the_server_unmounts_cleanly() {
     fx.write("Maildir/new/1.x", b"a");
     let m = Mounted::new(&fx, &[]);
     let pid = server_pid(&m.mnt).expect("server pid");
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    signal(pid, "-TERM");
     assert!(
         wait_gone(pid, Duration::from_secs(10)),
         "server still running"
@@ -734,11 +710,7 @@ fn umount_clears_the_mount_of_a_crashed_server_and_a_new_mount_works() {
     fx.write("Maildir/cur/1.x:2,S", b"a");
     let m = Mounted::new(&fx, &[]);
     let pid = server_pid(&m.mnt).expect("server pid");
-    Command::new("kill")
-        .arg("-KILL")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    signal(pid, "-KILL");
     assert!(wait_gone(pid, Duration::from_secs(10)));
     // The mount point stays inaccessible (not empty) until it is cleared.
     let err = std::fs::read_dir(&m.mnt).unwrap_err();

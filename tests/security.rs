@@ -5,7 +5,7 @@ mod common;
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -242,23 +242,10 @@ fn sigkill_during_capture_leaves_a_dead_pid_lock_that_the_next_run_clears() {
     let fx = Fixture::new("sec-kill");
     fx.mailbox("Maildir");
     let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
-    let (src, mnt) = (fx.src(), fx.mnt());
-    let mut child = Command::new(bin())
-        .args([OsStr::new("mount"), src.as_os_str(), mnt.as_os_str()])
-        .env("MAILDIRFS_TEST_HOLD_MS", "10000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || lock.exists()));
+    let mut child = spawn_mount(&fx, &[], &[("MAILDIRFS_TEST_HOLD_MS", "10000")]);
+    let pid = wait_for_lock(&lock);
     let content = std::fs::read_to_string(&lock).unwrap();
-    let pid: i32 = content.split(':').next().unwrap().parse().unwrap();
-    Command::new("kill")
-        .arg("-KILL")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    signal(pid, "-KILL");
     assert!(wait_gone(pid, Duration::from_secs(5)));
     let _ = child.wait();
     // Left behind, naming a dead pid on this host: what Dovecot overrides at once.
@@ -279,23 +266,13 @@ fn a_lock_overridden_during_capture_is_detected_and_the_account_captured_again()
     fx.mailbox("Maildir");
     let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
     let log = fx.dir.join("log");
-    let (src, mnt) = (fx.src(), fx.mnt());
-    let child = Command::new(bin())
-        .args([
-            OsStr::new("mount"),
-            OsStr::new("--lock-timeout"),
-            OsStr::new("2"),
-        ])
-        .arg("--log-file")
-        .arg(&log)
-        .args([src.as_os_str(), mnt.as_os_str()])
-        .env("MAILDIRFS_TEST_HOLD_MS", "1000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || lock.exists()));
+    let log_arg = log.to_string_lossy().into_owned();
+    let child = spawn_mount(
+        &fx,
+        &["--lock-timeout", "2", "--log-file", &log_arg],
+        &[("MAILDIRFS_TEST_HOLD_MS", "1000")],
+    );
+    wait_for_lock(&lock);
     // Someone overrides our lock while we hold it: a live holder (this test) takes it over.
     let theirs = format!("{}:{}", std::process::id(), hostname());
     std::fs::remove_file(&lock).unwrap();
@@ -323,17 +300,12 @@ fn lock_host_is_written_into_the_locks() {
     let fx = Fixture::new("sec-lockhost");
     fx.mailbox("Maildir");
     let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
-    let (src, mnt) = (fx.src(), fx.mnt());
-    let child = Command::new(bin())
-        .args(["mount", "--lock-host", "maildirfs.backup"])
-        .args([src.as_os_str(), mnt.as_os_str()])
-        .env("MAILDIRFS_TEST_HOLD_MS", "1500")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || lock.exists()));
+    let child = spawn_mount(
+        &fx,
+        &["--lock-host", "maildirfs.backup"],
+        &[("MAILDIRFS_TEST_HOLD_MS", "1500")],
+    );
+    wait_for_lock(&lock);
     let content = std::fs::read_to_string(&lock).unwrap();
     let out = child.wait_with_output().unwrap();
     let _guard = Mounted {

@@ -158,6 +158,45 @@ pub fn run(args: &[&OsStr], env: &[(&str, &str)]) -> Output {
     c.output().expect("run maildirfs")
 }
 
+/// `maildirfs mount EXTRA SRC MNT` started in the background (stderr piped, for
+/// `wait_with_output`), with extra environment such as `MAILDIRFS_TEST_HOLD_MS`.
+pub fn spawn_mount(fx: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut c = Command::new(bin());
+    c.arg("mount").args(extra).arg(fx.src()).arg(fx.mnt());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start maildirfs mount")
+}
+
+/// Waits (10 s at most) until the lock file `lock` exists and returns the pid it names.
+pub fn wait_for_lock(lock: &Path) -> i32 {
+    assert!(
+        wait_for(Duration::from_secs(10), || lock.exists()),
+        "no lock at {}",
+        lock.display()
+    );
+    let content = std::fs::read_to_string(lock).unwrap_or_default();
+    content
+        .split(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("lock content {content:?}"))
+}
+
+/// Sends `sig` ("-TERM", "-KILL", ...) to `pid`.
+pub fn signal(pid: i32, sig: &str) {
+    Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+}
+
 /// `rsync -a FROM/ TO` (the contents of FROM into TO), as a backup would run it.
 pub fn rsync_a(from: &Path, to: &Path) -> Output {
     Command::new("rsync")
