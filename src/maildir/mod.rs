@@ -7,5 +7,6 @@
 pub mod discover;
 pub mod filename;
 pub mod names;
+pub mod uidlist;
 
 pub use discover::{Account, Discovery, discover};
