@@ -344,8 +344,8 @@ impl Freezer<'_> {
                 }
             },
             _ => {
-                log::info!(
-                    "left out special file {}",
+                log::warn!(
+                    "left out special file (FIFO, socket or device) {}",
                     self.show(&rel.join(OsStr::from_bytes(&name)))
                 );
                 self.report.special_files += 1;

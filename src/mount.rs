@@ -431,6 +431,18 @@ pub fn summary_line(checked: &Checked, c: &Captured) -> String {
             c.report.skipped_mounts.len()
         ));
     }
+    if !c.report.late_mailboxes.is_empty() {
+        line.push_str(&format!(
+            "; {} mailboxes created during the capture were captured WITHOUT lock",
+            c.report.late_mailboxes.len()
+        ));
+    }
+    if c.report.special_files > 0 {
+        line.push_str(&format!(
+            "; {} special files (FIFO, socket, device) left out",
+            c.report.special_files
+        ));
+    }
     line
 }
 

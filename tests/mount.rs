@@ -164,6 +164,12 @@ fn view_shows_exactly_what_the_spec_says_byte_for_byte() {
         "summary: {}",
         m.stderr
     );
+    // The FIFO is left out, and the summary says so.
+    assert!(
+        m.stderr.contains("1 special files"),
+        "summary: {}",
+        m.stderr
+    );
     m.umount();
     assert!(lock_files(&fx.src()).is_empty());
 }
