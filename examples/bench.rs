@@ -227,12 +227,7 @@ fn drop_caches() -> bool {
 }
 
 fn rsync(from: &Path, to: &Path) {
-    let out = Command::new("rsync")
-        .arg("-a")
-        .arg(format!("{}/", from.display()))
-        .arg(to)
-        .output()
-        .expect("run rsync");
+    let out = common::rsync_a(from, to);
     assert!(
         out.status.success(),
         "rsync: {}",

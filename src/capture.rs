@@ -110,7 +110,9 @@ fn cancelled(source: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Captures one account. `root` is an fd on SOURCE and `source` its path (for messages).
+/// Captures one account. `root` is an fd on SOURCE and `source` its path (for messages). The
+/// caller grows the fd table for the pins first (`PinBudget::reserve_table` with
+/// [`expected_entries_all`]), as `mount::capture_tree` does for all accounts at once.
 pub fn capture_account(
     root: BorrowedFd<'_>,
     source: &Path,
@@ -142,8 +144,6 @@ fn capture_account_with(
             ),
         }
     }
-    // Size the fd table for this account's pins now, so it does not grow under the locks.
-    budget.reserve_table(expected_entries(&dirs), root);
     if !policy.one_mailbox_at_a_time {
         return capture_set(&dirs, source, account, policy, budget);
     }
@@ -268,12 +268,8 @@ fn capture_set(
     })
 }
 
-/// A generous estimate of how many entries the mailboxes' `cur/` and `new/` hold, from their
+/// A generous estimate of how many entries a mailbox's `cur/` and `new/` hold, from their
 /// directory sizes (ext4 uses well over 16 bytes per entry, tmpfs 20), without listing them.
-fn expected_entries(dirs: &[(PathBuf, Arc<OwnedFd>)]) -> usize {
-    dirs.iter().map(|(_, fd)| expected_in(fd.as_fd())).sum()
-}
-
 fn expected_in(mailbox: BorrowedFd<'_>) -> usize {
     let mut bytes = 0u64;
     for sub in [names::CUR, names::NEW] {
@@ -284,9 +280,10 @@ fn expected_in(mailbox: BorrowedFd<'_>) -> usize {
     (bytes / 16) as usize
 }
 
-/// [`expected_entries`] for every mailbox of `accounts`, opened beneath `root`: the fd table
-/// is grown once for all of them before parallel captures start, because a table growing in
-/// one thread stalls every other thread's opens, and so their lock holds.
+/// The estimated entries of every mailbox of `accounts`, opened beneath `root`, so that the fd
+/// table can be grown once for all their pins before any lock is taken: a table growing under
+/// the locks waits for an RCU grace period at each doubling, and stalls every other thread's
+/// opens too.
 pub fn expected_entries_all(root: BorrowedFd<'_>, accounts: &[Account]) -> usize {
     let flags = libc::O_RDONLY | libc::O_DIRECTORY;
     accounts

@@ -66,14 +66,6 @@ impl Error {
             Cause::Msg(_) => fuser::Errno::EIO,
         }
     }
-
-    /// The raw OS error number, if this error came from the OS.
-    pub fn raw_os_error(&self) -> Option<i32> {
-        match &self.cause {
-            Cause::Io(e) => e.raw_os_error(),
-            Cause::Msg(_) => None,
-        }
-    }
 }
 
 impl fmt::Display for Error {

@@ -315,12 +315,6 @@ pub fn process_exists(pid: i32) -> bool {
     ret == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-/// Sends `sig` to `pid`.
-pub fn kill(pid: i32, sig: libc::c_int) -> io::Result<()> {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
-}
-
 /// Result of `fork()` as seen by the caller.
 pub enum Fork {
     Parent(i32),

@@ -73,18 +73,19 @@ fn symlink_planted_in_cur_is_shown_as_a_symlink_never_followed() {
     assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
 }
 
-#[test]
-fn cur_swapped_for_a_symlink_after_capture_serves_nothing_outside() {
+/// Mounts a one-message store with no pins, lets `swap` replace part of the live tree by a
+/// symlink to a place outside holding a file of the same name, and checks the captured
+/// message is not served from there.
+fn swapped_after_capture_serves_nothing_outside(tag: &str, swap: impl FnOnce(&Fixture, &Path)) {
     if !fuse_available() {
         return;
     }
-    let fx = Fixture::new("sec-cur");
-    let mb = fx.mailbox("Maildir");
+    let fx = Fixture::new(tag);
+    fx.mailbox("Maildir");
     fx.write("Maildir/cur/1.M1P1.host:2,S", b"captured\n");
     let outside = outside_with_secret(&fx);
     let m = Mounted::with_nofile(&fx, &[], NO_PINS);
-    std::fs::rename(mb.join("cur"), mb.join("cur.moved")).unwrap();
-    std::os::unix::fs::symlink(outside.join("cur"), mb.join("cur")).unwrap();
+    swap(&fx, &outside);
     let got = std::fs::read(m.mnt.join("Maildir/cur/1.M1P1.host:2,S"));
     assert!(
         got.is_err(),
@@ -94,23 +95,20 @@ fn cur_swapped_for_a_symlink_after_capture_serves_nothing_outside() {
 }
 
 #[test]
+fn cur_swapped_for_a_symlink_after_capture_serves_nothing_outside() {
+    swapped_after_capture_serves_nothing_outside("sec-cur", |fx, outside| {
+        let mb = fx.src().join("Maildir");
+        std::fs::rename(mb.join("cur"), mb.join("cur.moved")).unwrap();
+        std::os::unix::fs::symlink(outside.join("cur"), mb.join("cur")).unwrap();
+    });
+}
+
+#[test]
 fn mailbox_swapped_for_a_symlink_after_capture_serves_nothing_outside() {
-    if !fuse_available() {
-        return;
-    }
-    let fx = Fixture::new("sec-mbox");
-    fx.mailbox("Maildir");
-    fx.write("Maildir/cur/1.M1P1.host:2,S", b"captured\n");
-    let outside = outside_with_secret(&fx);
-    let m = Mounted::with_nofile(&fx, &[], NO_PINS);
-    std::fs::rename(fx.src().join("Maildir"), fx.src().join("Maildir.moved")).unwrap();
-    std::os::unix::fs::symlink(&outside, fx.src().join("Maildir")).unwrap();
-    let got = std::fs::read(m.mnt.join("Maildir/cur/1.M1P1.host:2,S"));
-    assert!(
-        got.is_err(),
-        "served {:?}",
-        got.map(|b| String::from_utf8_lossy(&b).into_owned())
-    );
+    swapped_after_capture_serves_nothing_outside("sec-mbox", |fx, outside| {
+        std::fs::rename(fx.src().join("Maildir"), fx.src().join("Maildir.moved")).unwrap();
+        std::os::unix::fs::symlink(outside, fx.src().join("Maildir")).unwrap();
+    });
 }
 
 #[test]
