@@ -84,6 +84,8 @@ pub struct MailboxCapture {
     pub settled: bool,
     /// Time spent pinning the listed files (part of the lock hold when locked).
     pub pin_time: Duration,
+    /// `cur/` or `new/` that could not be opened (permissions): shown empty, and reported.
+    pub unreadable: Vec<PathBuf>,
 }
 
 /// What was captured of one account.
@@ -359,10 +361,9 @@ pub fn capture_mailbox(
     path: &Path,
     budget: &PinBudget,
 ) -> Result<MailboxCapture> {
-    let new = sys::open_dir_at(dir, OsStr::from_bytes(names::NEW))
-        .map_err(|e| Error::io("cannot open", path.join("new"), e))?;
-    let cur = sys::open_dir_at(dir, OsStr::from_bytes(names::CUR))
-        .map_err(|e| Error::io("cannot open", path.join("cur"), e))?;
+    let mut unreadable = Vec::new();
+    let new = open_messages_dir(dir, path, names::NEW, &mut unreadable)?;
+    let cur = open_messages_dir(dir, path, names::CUR, &mut unreadable)?;
     let control = read_control_files(dir, path);
     let mut union: HashMap<Vec<u8>, (bool, Listed)> = HashMap::new();
     for _ in 0..MAX_LISTINGS {
@@ -378,6 +379,7 @@ pub fn capture_mailbox(
                 cur: c,
                 settled: true,
                 pin_time: Duration::ZERO,
+                unreadable,
             };
             pin_listed(&mut m, &new, &cur, budget);
             return Ok(m);
@@ -408,6 +410,7 @@ pub fn capture_mailbox(
         cur: cur_l,
         settled: false,
         pin_time: Duration::ZERO,
+        unreadable,
     };
     pin_listed(&mut m, &new, &cur, budget);
     Ok(m)
@@ -421,13 +424,24 @@ pub const RELISTS: usize = 8;
 /// freeze). A file renamed since the listing (a mail client flipping flags without a lock) is
 /// found again by inode and base name and pinned under its new name; it keeps its captured
 /// name in the image.
-fn pin_listed(m: &mut MailboxCapture, new: &OwnedFd, cur: &OwnedFd, budget: &PinBudget) {
+fn pin_listed(
+    m: &mut MailboxCapture,
+    new: &Option<OwnedFd>,
+    cur: &Option<OwnedFd>,
+    budget: &PinBudget,
+) {
     let started = Instant::now();
     for (fd, list) in [(new, &mut m.new), (cur, &mut m.cur)] {
+        let Some(fd) = fd else { continue };
         for l in list.iter_mut().filter(|l| l.d_type != libc::DT_LNK) {
             l.pin = budget.pin(fd.as_fd(), OsStr::from_bytes(&l.name), l.d_type);
         }
     }
+    // Relisting looks in both directories (a rename may move a file from new/ to cur/).
+    let (Some(new), Some(cur)) = (new, cur) else {
+        m.pin_time = started.elapsed();
+        return;
+    };
     for _ in 0..RELISTS {
         let unpinned = |l: &&mut Listed| l.pin.is_none() && l.d_type != libc::DT_LNK;
         if budget.exhausted()
@@ -469,8 +483,38 @@ pub fn current_names(
     Ok(out)
 }
 
-/// A directory's change stamp: (ino, mtime, ctime) in ns.
-fn dir_stamp(fd: &OwnedFd, path: &Path) -> Result<(u64, i64, i64, i64, i64)> {
+/// Opens a mailbox's `new/` or `cur/`. One that is gone means the mailbox changed shape (an
+/// error for the caller); one that is there but cannot be opened (its owner made it
+/// unreadable) is recorded in `unreadable` and listed as empty (`None`), so that one user's
+/// mode bits cannot stop the capture of everyone else's mail.
+fn open_messages_dir(
+    mailbox: BorrowedFd<'_>,
+    path: &Path,
+    sub: &[u8],
+    unreadable: &mut Vec<PathBuf>,
+) -> Result<Option<OwnedFd>> {
+    let at = path.join(OsStr::from_bytes(sub));
+    match sys::open_dir_at(mailbox, OsStr::from_bytes(sub)) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+            Err(Error::io("cannot open", at, e))
+        }
+        Err(e) => {
+            log::warn!(
+                "cannot open {}: {e}; shown empty",
+                crate::error::escape_path(&at)
+            );
+            unreadable.push(at);
+            Ok(None)
+        }
+    }
+}
+
+/// A directory's change stamp: (ino, mtime, ctime) in ns; all zero for an unreadable one.
+fn dir_stamp(fd: &Option<OwnedFd>, path: &Path) -> Result<(u64, i64, i64, i64, i64)> {
+    let Some(fd) = fd else {
+        return Ok(Default::default());
+    };
     let st = sys::fstat(fd.as_fd()).map_err(|e| Error::io("cannot stat", path, e))?;
     Ok((
         st.st_ino,
@@ -482,7 +526,10 @@ fn dir_stamp(fd: &OwnedFd, path: &Path) -> Result<(u64, i64, i64, i64, i64)> {
 }
 
 /// The entries of a `new/` or `cur/` that the image shows (no dotfiles, no directories).
-fn list_messages(fd: &OwnedFd, path: &Path) -> Result<Vec<Listed>> {
+fn list_messages(fd: &Option<OwnedFd>, path: &Path) -> Result<Vec<Listed>> {
+    let Some(fd) = fd else {
+        return Ok(Vec::new());
+    };
     let entries = sys::read_dir(fd.as_fd()).map_err(|e| Error::io("cannot list", path, e))?;
     Ok(entries
         .into_iter()
@@ -506,41 +553,95 @@ pub fn unique_bases(new: &[Listed], cur: &[Listed]) -> bool {
         .all(|l| seen.insert(base_name(&l.name)))
 }
 
+/// How many times a control file is read before one that keeps changing is served as last
+/// read.
+const CONTROL_READS: usize = 4;
+
+/// Reads the mailbox's control files. Dovecot replaces them by rename under the lock, so one
+/// read is normally enough; a tool writing one in place (or `--no-lock`) can change it during
+/// the read, so a read counts only if the file's size, mtime and ctime are the same before and
+/// after it and the bytes read are the size: else it is read again (by name: it may have
+/// been replaced), up to `CONTROL_READS` times, and then served as last read, with a warning.
 fn read_control_files(dir: BorrowedFd<'_>, path: &Path) -> Vec<ControlFile> {
     let mut out = Vec::new();
     for name in names::CONTROL_FILES {
-        let fd = match sys::openat(dir, OsStr::from_bytes(name), libc::O_RDONLY) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => {
+        let at = || crate::error::escape_path(&path.join(OsStr::from_bytes(name)));
+        let mut last = None;
+        let mut settled = false;
+        for _ in 0..CONTROL_READS {
+            match read_once(dir, name) {
+                Ok(None) => break,
+                Ok(Some((stat, bytes, stable))) => {
+                    last = Some(ControlFile {
+                        name: name.to_vec(),
+                        bytes: bytes.into(),
+                        stat,
+                    });
+                    settled = stable;
+                    if stable {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    log::warn!("cannot read {}: {e}", at());
+                    break;
+                }
+            }
+        }
+        if let Some(c) = last {
+            if !settled {
                 log::warn!(
-                    "cannot read {}: {e}",
-                    crate::error::escape_path(&path.join(OsStr::from_bytes(name)))
+                    "{} kept changing while read; serving the {} bytes last read",
+                    at(),
+                    c.bytes.len()
                 );
-                continue;
             }
-        };
-        let read = sys::fstat(fd.as_fd()).and_then(|stat| {
-            if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
-                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-            }
-            let mut bytes = Vec::with_capacity(stat.st_size.max(0) as usize);
-            std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes)?;
-            Ok((stat, bytes))
-        });
-        match read {
-            Ok((stat, bytes)) => out.push(ControlFile {
-                name: name.to_vec(),
-                bytes: bytes.into(),
-                stat,
-            }),
-            Err(e) => log::warn!(
-                "cannot read {}: {e}",
-                crate::error::escape_path(&path.join(OsStr::from_bytes(name)))
-            ),
+            out.push(c);
         }
     }
     out
+}
+
+/// One read of a control file: its stat, its bytes, and whether it stayed the same during the
+/// read. `None` when there is no such file.
+fn read_once(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+) -> std::io::Result<Option<(sys::Stat, Vec<u8>, bool)>> {
+    let fd = match sys::openat(dir, OsStr::from_bytes(name), libc::O_RDONLY) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let before = sys::fstat(fd.as_fd())?;
+    if before.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut file = std::fs::File::from(fd);
+    let mut bytes = Vec::with_capacity(before.st_size.max(0) as usize);
+    std::io::Read::read_to_end(&mut file, &mut bytes)?;
+    let after = sys::fstat(file.as_fd())?;
+    let stable = same_version(&before, &after) && bytes.len() as i64 == after.st_size;
+    Ok(Some((after, bytes, stable)))
+}
+
+/// Whether two stats of one file show the same version of its content.
+fn same_version(a: &sys::Stat, b: &sys::Stat) -> bool {
+    (
+        a.st_ino,
+        a.st_size,
+        a.st_mtime,
+        a.st_mtime_nsec,
+        a.st_ctime,
+        a.st_ctime_nsec,
+    ) == (
+        b.st_ino,
+        b.st_size,
+        b.st_mtime,
+        b.st_mtime_nsec,
+        b.st_ctime,
+        b.st_ctime_nsec,
+    )
 }
 
 /// A small xorshift generator for back-off jitter; it needs no quality, only variety between

@@ -36,6 +36,10 @@ pub struct FreezeReport {
     pub special_files: usize,
     /// Directories on another filesystem, not entered.
     pub skipped_mounts: Vec<PathBuf>,
+    /// Directories that could not be opened or listed (shown empty) and entries that could not
+    /// be `lstat`ed (left out), relative to SOURCE, sorted, each once: a user's mode bits can
+    /// hide their own mail from a capture that runs without `CAP_DAC_READ_SEARCH`.
+    pub unreadable: Vec<PathBuf>,
 }
 
 /// Builds the snapshot of the tree at `root` (SOURCE, path `source`) from the accounts'
@@ -53,7 +57,13 @@ pub fn freeze(
         ..Totals::default()
     };
     let mut mailboxes: HashMap<PathBuf, MailboxCapture> = HashMap::new();
+    let mut report = FreezeReport::default();
     for a in captures {
+        for m in a.mailboxes.values() {
+            report
+                .unreadable
+                .extend(m.unreadable.iter().map(|p| rel_to(source, p)));
+        }
         mailboxes.extend(a.mailboxes);
     }
     // Every listed message, plus a generous allowance per mailbox for its directories,
@@ -71,7 +81,7 @@ pub fn freeze(
         exclude_indexes,
         mailboxes,
         builder: Builder::new(attr_of(&root_st), root_st.st_dev, expected),
-        report: FreezeReport::default(),
+        report,
         totals: &mut totals,
     };
     // Breadth-first, and a pending directory holds no fd: it is opened (beneath SOURCE, no
@@ -88,7 +98,11 @@ pub fn freeze(
             queue.push_back(next);
         }
     }
-    let report = f.report;
+    let mut report = f.report;
+    report
+        .unreadable
+        .sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+    report.unreadable.dedup();
     let snap = f.builder.finish(totals);
     Ok((snap, report))
 }
@@ -145,6 +159,7 @@ impl Freezer<'_> {
             }
             Err(e) => {
                 log::warn!("cannot open {}: {e}; shown empty", self.show(&p.rel));
+                self.report.unreadable.push(p.rel.clone());
                 self.builder.add_children(p.node, Vec::new());
                 return Ok(Vec::new());
             }
@@ -166,20 +181,32 @@ impl Freezer<'_> {
             }
             Err(e) => {
                 log::warn!("cannot list {}: {e}; shown empty", self.show(&p.rel));
+                self.report.unreadable.push(p.rel.clone());
                 self.builder.add_children(p.node, Vec::new());
                 return Ok(Vec::new());
             }
         };
-        let mailbox = is_mailbox(dir, &entries);
+        let mut mailbox = is_mailbox(dir, &entries);
         if mailbox && !self.mailboxes.contains_key(&p.rel) {
             // Created after discovery: capture it now, without a lock.
             log::warn!(
                 "mailbox {} appeared during capture; captured without its lock",
                 self.show(&p.rel)
             );
-            let m = capture::capture_mailbox(dir, &self.source.join(&p.rel), self.budget)?;
-            self.mailboxes.insert(p.rel.clone(), m);
-            self.report.late_mailboxes.push(p.rel.clone());
+            match capture::capture_mailbox(dir, &self.source.join(&p.rel), self.budget) {
+                Ok(m) => {
+                    self.report
+                        .unreadable
+                        .extend(m.unreadable.iter().map(|u| rel_to(self.source, u)));
+                    self.mailboxes.insert(p.rel.clone(), m);
+                    self.report.late_mailboxes.push(p.rel.clone());
+                }
+                Err(e) => {
+                    // Gone or reshaped meanwhile: shown as the plain directory it now is.
+                    log::warn!("{e}");
+                    mailbox = false;
+                }
+            }
         }
         if mailbox {
             self.totals.mailboxes += 1;
@@ -222,10 +249,11 @@ impl Freezer<'_> {
             let (st, pin) = match self.stat_entry(dir, &name, entry.d_type) {
                 Ok(found) => found,
                 Err(e) => {
-                    log::warn!(
-                        "cannot stat {}: {e}",
-                        self.show(&p.rel.join(OsStr::from_bytes(&name)))
-                    );
+                    let rel = p.rel.join(OsStr::from_bytes(&name));
+                    log::warn!("cannot stat {}: {e}; left out", self.show(&rel));
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        self.report.unreadable.push(rel);
+                    }
                     continue;
                 }
             };
@@ -482,6 +510,11 @@ impl Freezer<'_> {
     fn show(&self, rel: &Path) -> String {
         escape_path(&self.source.join(rel))
     }
+}
+
+/// `path` (SOURCE joined with a relative path) relative to SOURCE again.
+fn rel_to(source: &Path, path: &Path) -> PathBuf {
+    path.strip_prefix(source).unwrap_or(path).to_path_buf()
 }
 
 /// The captured attributes of a `stat`.

@@ -190,10 +190,8 @@ impl MaildirFs {
         let opened = self.opened_for(ino, fh, idx)?;
         let len = self.snap.node(idx).attr.size;
         source::read_at(&opened, len, offset, size).map_err(|e| {
-            log::warn!(
-                "read error on {}: {e}",
-                crate::error::escape_path(&self.source.path().join(self.snap.rel_path(idx)))
-            );
+            let path = self.source.path().join(self.snap.rel_path(idx));
+            self.source.failed(idx, &path, &e);
             Errno::from(e)
         })
     }

@@ -345,10 +345,11 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     }
     let result = session.run();
     let final_line = format!(
-        "unmounted {}: {} files renamed in the source were served from their new names, {} vanished",
+        "unmounted {}: {} files renamed in the source were served from their new names, {} vanished, {} failed to read",
         escape_path(&checked.mountpoint),
         source.refound.load(std::sync::atomic::Ordering::Relaxed),
         source.vanished(),
+        source.errors(),
     );
     crate::logging::notice(&final_line);
     if let Some(mut s) = state {
@@ -435,6 +436,13 @@ pub fn summary_line(checked: &Checked, c: &Captured) -> String {
         line.push_str(&format!(
             "; {} mailboxes created during the capture were captured WITHOUT lock",
             c.report.late_mailboxes.len()
+        ));
+    }
+    if !c.report.unreadable.is_empty() {
+        line.push_str(&format!(
+            "; {} directories or files UNREADABLE, shown empty or left out (first: {})",
+            c.report.unreadable.len(),
+            display_rel(&c.report.unreadable[0])
         ));
     }
     if c.report.special_files > 0 {

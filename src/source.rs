@@ -35,6 +35,9 @@ pub struct Source {
     /// or the kernel's readahead, may ask for one several times: it counts once). Protected by
     /// this mutex.
     vanished: Mutex<HashSet<NodeIdx>>,
+    /// Files that failed to open or read for another reason (`EACCES`, `EIO`), by node: each
+    /// is logged once however often it is asked for.
+    errors: Mutex<HashSet<NodeIdx>>,
     /// Messages served from a new name after a rename in the live tree.
     pub refound: AtomicU64,
 }
@@ -54,6 +57,7 @@ impl Source {
             root,
             path,
             vanished: Mutex::new(HashSet::new()),
+            errors: Mutex::new(HashSet::new()),
             refound: AtomicU64::new(0),
         }
     }
@@ -120,7 +124,8 @@ impl Source {
                 Err(e) => last = Some(e),
             }
         }
-        if content == Content::Message {
+        let gone = last.as_ref().is_none_or(is_gone);
+        if content == Content::Message && gone {
             for link in links() {
                 if let Some(f) = self.refind_message(snap, link) {
                     self.refound.fetch_add(1, Ordering::Relaxed);
@@ -130,6 +135,12 @@ impl Source {
         }
         let err = last.unwrap_or_else(|| errno(libc::ENOENT));
         let path = self.path.join(snap.rel_path(idx));
+        if !is_gone(&err) {
+            // Still there but not readable now (a mailbox made unreadable, an I/O error): the
+            // reader gets that error, the log names the file once.
+            self.failed(idx, &path, &err);
+            return Err(Error::io("cannot open", path, err));
+        }
         if self.vanished.lock().insert(idx) {
             log::warn!(
                 "{} is gone from the source since capture ({err}); read fails with ENOENT",
@@ -137,6 +148,19 @@ impl Source {
             );
         }
         Err(Error::io("file vanished", path, errno(libc::ENOENT)))
+    }
+
+    /// Counts and logs (once per file) an error other than the file being gone: the file is
+    /// reported, the reader gets the error, and serving goes on.
+    pub fn failed(&self, idx: NodeIdx, path: &Path, err: &std::io::Error) {
+        if self.errors.lock().insert(idx) {
+            log::warn!("cannot read {}: {err}", escape_path(path));
+        }
+    }
+
+    /// How many files have failed to open or read with an error other than being gone.
+    pub fn errors(&self) -> usize {
+        self.errors.lock().len()
     }
 
     /// Opens the node's captured path and checks it is the captured inode.
@@ -254,6 +278,16 @@ pub fn read_at(opened: &Opened, len: u64, offset: u64, size: u32) -> std::io::Re
             Ok(buf)
         }
     }
+}
+
+/// Whether an open error means the captured file is no longer at its captured path (removed,
+/// replaced, or a directory on the way swapped for a symlink or a mount), rather than there
+/// but unreadable.
+fn is_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::ESTALE | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+    )
 }
 
 fn errno(code: i32) -> std::io::Error {

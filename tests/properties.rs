@@ -1,7 +1,7 @@
 //! Property tests of the parsers: they never panic on any input, and what they parse is what
 //! was written.
 
-use maildirfs::maildir::filename::base_name;
+use maildirfs::maildir::filename::{base_name, parse};
 use maildirfs::maildir::uidlist::parse_uidlist;
 use proptest::prelude::*;
 
@@ -22,6 +22,32 @@ proptest! {
     fn flags_never_change_the_base(base in "[^:\n]{1,60}", flags in "[A-Za-z]{0,10}") {
         let named = format!("{base}:2,{flags}");
         prop_assert_eq!(base_name(named.as_bytes()), base.as_bytes());
+    }
+
+    #[test]
+    fn filename_parser_never_panics(name in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let f = parse(&name);
+        prop_assert_eq!(f.base, base_name(&name));
+    }
+
+    #[test]
+    fn size_field_round_trips(
+        unique in "[0-9]{10}\\.M[0-9]{1,6}P[0-9]{1,5}\\.[a-z]{1,10}",
+        size in any::<u64>(),
+        vsize in proptest::option::of(any::<u64>()),
+        flags in proptest::option::of("[A-Za-z]{0,8}"),
+    ) {
+        let mut name = format!("{unique},S={size}");
+        if let Some(w) = vsize {
+            name.push_str(&format!(",W={w}"));
+        }
+        if let Some(f) = &flags {
+            name.push_str(&format!(":2,{f}"));
+        }
+        let f = parse(name.as_bytes());
+        prop_assert_eq!(f.size, Some(size));
+        prop_assert_eq!(f.vsize, vsize);
+        prop_assert_eq!(f.flags, flags.as_ref().map(|f| f.as_bytes()));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod churn;
 pub mod dovecot;
+pub mod faulty;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -219,31 +220,38 @@ impl Mounted {
     }
 
     pub fn with_env(fx: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> Mounted {
-        Self::mount(fx, extra, env, None)
+        Self::mount(fx, extra, env, &[])
     }
 
     /// Mounts with `RLIMIT_NOFILE` set to `limit` (soft and hard), so the pin budget is what
     /// is left of `limit` after the server's reserve: 0 pins for a limit below about 260.
     pub fn with_nofile(fx: &Fixture, extra: &[&str], limit: u64) -> Mounted {
-        Self::mount(fx, extra, &[], Some(limit))
+        let nofile = format!("--nofile={limit}:{limit}");
+        Self::mount(fx, extra, &[], &["prlimit", &nofile])
     }
 
-    fn mount(fx: &Fixture, extra: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Mounted {
+    /// Mounts with the command run under `wrapper` (`setpriv ...`, `prlimit ...`).
+    pub fn wrapped(fx: &Fixture, wrapper: &[&str], extra: &[&str]) -> Mounted {
+        Self::mount(fx, extra, &[], wrapper)
+    }
+
+    fn mount(fx: &Fixture, extra: &[&str], env: &[(&str, &str)], wrapper: &[&str]) -> Mounted {
         let mut args: Vec<&OsStr> = vec![OsStr::new("mount")];
         args.extend(extra.iter().map(OsStr::new));
         let src = fx.src();
         let mnt = fx.mnt();
         args.push(src.as_os_str());
         args.push(mnt.as_os_str());
-        let out = match nofile {
+        let out = match wrapper.split_first() {
             None => run(&args, env),
-            Some(limit) => Command::new("prlimit")
-                .arg(format!("--nofile={limit}:{limit}"))
+            Some((cmd, rest)) => Command::new(cmd)
+                .args(rest)
                 .arg(bin())
                 .args(&args)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .output()
-                .expect("run prlimit maildirfs"),
+                .unwrap_or_else(|e| panic!("run {cmd} maildirfs: {e}")),
         };
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "mount failed: {stderr}");

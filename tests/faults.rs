@@ -1,0 +1,274 @@
+//! Errors from the source: directories a user made unreadable, a mailbox made unreadable after
+//! capture, a disk returning `EIO` under a pinned file, a control file rewritten while it is
+//! read. Each is served or reported; the reader gets the error; the server keeps serving.
+//!
+//! Root reads everything (`CAP_DAC_READ_SEARCH`), so the permission tests run maildirfs as
+//! root without `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH` (`setpriv --bounding-set`), which
+//! is what a capture sees of a directory that a mail user chmods 000 on a root-squashed NFS
+//! export, or under a hardened service unit.
+
+mod common;
+
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::faulty;
+use common::*;
+
+/// Runs maildirfs without the capabilities that let root past mode bits.
+const NO_DAC: &[&str] = &[
+    "setpriv",
+    "--bounding-set",
+    "-dac_override,-dac_read_search",
+];
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn read_err(p: &Path) -> Option<i32> {
+    std::fs::read(p).err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn unreadable_subdirectories_are_reported_and_the_rest_served() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("faults-unreadable");
+    fx.mailbox("alice/Maildir");
+    fx.write("alice/Maildir/cur/1.a:2,S", b"alice's\n");
+    fx.mailbox("alice/Maildir/.Private");
+    fx.write("alice/Maildir/.Private/new/2.p", b"private new\n");
+    fx.write("alice/Maildir/.Private/cur/3.p:2,S", b"private cur\n");
+    fx.mailbox("bob/Maildir");
+    fx.write("bob/Maildir/cur/4.b:2,S", b"bob's\n");
+    // A user owns and closes a folder's cur/ and a whole account; a plain directory too.
+    let closed = [
+        "alice/Maildir/.Private/cur",
+        "bob/Maildir",
+        "alice/Maildir/sieve",
+    ];
+    std::fs::create_dir(fx.src().join("alice/Maildir/sieve")).unwrap();
+    for c in closed {
+        let p = fx.src().join(c);
+        chown(&p, Some(5000), Some(5000)).unwrap();
+        chmod(&p, 0o700);
+    }
+    let log = fx.dir.join("log");
+    let m = Mounted::wrapped(&fx, NO_DAC, &["--log-file", log.to_str().unwrap()]);
+    assert!(
+        m.stderr.contains("3 directories or files UNREADABLE"),
+        "summary: {}",
+        m.stderr
+    );
+    // Everything readable is served; what is closed is there, empty.
+    assert_eq!(
+        std::fs::read(m.mnt.join("alice/Maildir/cur/1.a:2,S")).unwrap(),
+        b"alice's\n"
+    );
+    assert_eq!(
+        std::fs::read(m.mnt.join("alice/Maildir/.Private/new/2.p")).unwrap(),
+        b"private new\n"
+    );
+    for c in closed {
+        let listed = std::fs::read_dir(m.mnt.join(c)).unwrap().count();
+        assert_eq!(listed, 0, "{c} should be shown empty");
+    }
+    m.umount();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for c in closed {
+        let path = fx.src().join(c);
+        assert!(
+            logged.contains(&format!("{}: Permission denied", path.display())),
+            "log does not name {c}: {logged}"
+        );
+    }
+    // Locks were taken (root owns alice's mailboxes) and none is left behind.
+    assert!(!fx.src().join("alice/Maildir/dovecot-uidlist.lock").exists());
+    for c in closed {
+        chmod(&fx.src().join(c), 0o755);
+    }
+}
+
+#[test]
+fn mailbox_made_unreadable_after_capture_fails_reads_and_keeps_serving() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("faults-after");
+    fx.mailbox("alice/Maildir");
+    fx.write("alice/Maildir/cur/1.a:2,S", b"alice's\n");
+    fx.mailbox("bob/Maildir");
+    fx.write("bob/Maildir/cur/2.b:2,S", b"bob's\n");
+    let log = fx.dir.join("log");
+    // No pins (a 260-fd limit leaves none after the server's reserve), so each read opens the
+    // file by its captured path, beneath SOURCE, as maildirfs does over its fd budget.
+    let mut wrapper = NO_DAC.to_vec();
+    wrapper.extend(["prlimit", "--nofile=260:260"]);
+    let m = Mounted::wrapped(&fx, &wrapper, &["--log-file", log.to_str().unwrap()]);
+    assert!(m.stderr.contains("0 files pinned"), "{}", m.stderr);
+    let cur = fx.src().join("alice/Maildir/cur");
+    chmod(&cur, 0o000);
+    let alice = m.mnt.join("alice/Maildir/cur/1.a:2,S");
+    assert_eq!(read_err(&alice), Some(libc::EACCES));
+    // The server goes on: other accounts are served, and alice's message is again once the
+    // directory is readable.
+    assert_eq!(
+        std::fs::read(m.mnt.join("bob/Maildir/cur/2.b:2,S")).unwrap(),
+        b"bob's\n"
+    );
+    chmod(&cur, 0o755);
+    assert_eq!(std::fs::read(&alice).unwrap(), b"alice's\n");
+    let fin = m.umount();
+    assert!(fin.contains("1 failed to read"), "umount said: {fin}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(&format!(
+            "cannot read {}: Permission denied",
+            cur.join("1.a:2,S").display()
+        )),
+        "{logged}"
+    );
+}
+
+#[test]
+fn eio_under_a_pinned_file_reaches_the_reader_and_is_logged() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("faults-eio");
+    let failing = Arc::new(AtomicBool::new(false));
+    // Declared before the view, so dropped after it: the view's pins are on this source.
+    let _source = faulty::mount(&fx.src(), Arc::clone(&failing));
+    assert!(
+        wait_for(Duration::from_secs(10), || fx
+            .src()
+            .join("Maildir/cur")
+            .exists()),
+        "the faulty source did not come up"
+    );
+    let log = fx.dir.join("log");
+    let m = Mounted::new(&fx, &["--no-lock", "--log-file", log.to_str().unwrap()]);
+    assert!(m.stderr.contains("all 3 files pinned"), "{}", m.stderr);
+    failing.store(true, Ordering::SeqCst);
+    let bad = m.mnt.join(faulty::BAD);
+    assert_eq!(read_err(&bad), Some(libc::EIO));
+    assert_eq!(read_err(&bad), Some(libc::EIO), "asked again");
+    assert_eq!(
+        std::fs::read(m.mnt.join(faulty::GOOD)).unwrap(),
+        b"Subject: fine\n\nkept\n"
+    );
+    assert_eq!(
+        std::fs::read(m.mnt.join(faulty::NEW)).unwrap(),
+        b"Subject: new\n\nalso kept\n"
+    );
+    // The disk recovers: the same pin serves the bytes.
+    failing.store(false, Ordering::SeqCst);
+    assert_eq!(
+        std::fs::read(&bad).unwrap(),
+        b"Subject: bad sector\n\nlost\n"
+    );
+    let fin = m.umount();
+    assert!(fin.contains("1 failed to read"), "umount said: {fin}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let named = format!(
+        "cannot read {}: Input/output error",
+        fx.src().join(faulty::BAD).display()
+    );
+    assert_eq!(logged.matches(&named).count(), 1, "logged once: {logged}");
+}
+
+#[test]
+fn control_files_rewritten_while_read_are_served_whole_or_reported() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("faults-control");
+    let mbox = fx.mailbox("Maildir");
+    fx.write("Maildir/cur/1.a:2,S", b"m\n");
+    // Versions of a keywords file; a writer rewrites it in place (truncate, then write) and
+    // another appends to the uidlist, as a tool that is not Dovecot might.
+    let versions: Vec<Vec<u8>> = (1..40)
+        .map(|n| {
+            (0..n)
+                .map(|i| format!("{i} kw{n}\n"))
+                .collect::<String>()
+                .into_bytes()
+        })
+        .collect();
+    let keywords = mbox.join("dovecot-keywords");
+    let uidlist = mbox.join("dovecot-uidlist");
+    std::fs::write(&keywords, &versions[0]).unwrap();
+    std::fs::write(&uidlist, b"3 V1 N2 Gabc\n").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, keywords, uidlist, versions) = (
+            Arc::clone(&stop),
+            keywords.clone(),
+            uidlist.clone(),
+            versions.clone(),
+        );
+        std::thread::spawn(move || {
+            use std::io::{Seek, Write};
+            let mut k = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&keywords)
+                .unwrap();
+            let mut u = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&uidlist)
+                .unwrap();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                k.set_len(0).unwrap();
+                k.rewind().unwrap();
+                k.write_all(&versions[i % versions.len()]).unwrap();
+                u.write_all(format!("{} :{i}.x\n", i + 1).as_bytes())
+                    .unwrap();
+                i += 1;
+            }
+        })
+    };
+    let log = fx.dir.join("log");
+    let started = Instant::now();
+    let mut mounts = 0;
+    while mounts < 10 || started.elapsed() < Duration::from_secs(3) {
+        let m = Mounted::new(&fx, &["--no-lock", "--log-file", log.to_str().unwrap()]);
+        let k = std::fs::read(m.mnt.join("Maildir/dovecot-keywords")).unwrap();
+        let k_size = std::fs::metadata(m.mnt.join("Maildir/dovecot-keywords"))
+            .unwrap()
+            .len();
+        assert_eq!(k.len() as u64, k_size, "size and bytes disagree");
+        assert!(
+            versions.iter().any(|v| v.starts_with(&k)),
+            "not a prefix of any version written: {:?}",
+            String::from_utf8_lossy(&k)
+        );
+        let u = std::fs::read(m.mnt.join("Maildir/dovecot-uidlist")).unwrap();
+        let u_size = std::fs::metadata(m.mnt.join("Maildir/dovecot-uidlist"))
+            .unwrap()
+            .len();
+        assert_eq!(u.len() as u64, u_size);
+        assert!(u.starts_with(b"3 V1 N2 Gabc\n"));
+        // Served again, the same bytes: the image is frozen.
+        assert_eq!(
+            std::fs::read(m.mnt.join("Maildir/dovecot-keywords")).unwrap(),
+            k
+        );
+        m.umount();
+        mounts += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    for line in logged
+        .lines()
+        .filter(|l| l.contains("kept changing while read"))
+    {
+        assert!(line.contains("dovecot-"), "{line}");
+    }
+}
