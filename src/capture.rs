@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -100,6 +100,45 @@ pub struct AccountCapture {
     pub lock_hold: Duration,
     /// The part of the hold spent pinning files.
     pub pin_time: Duration,
+}
+
+/// How far a capture has come, for the progress line; updated by the capture workers.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub accounts_total: AtomicUsize,
+    pub accounts_done: AtomicUsize,
+    pub messages: AtomicUsize,
+}
+
+impl Progress {
+    /// `accounts 12/40, 30000 messages, 1.2 s, 25000 messages/s`.
+    pub fn line(&self, elapsed: Duration) -> String {
+        let messages = self.messages.load(Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        format!(
+            "capturing: accounts {}/{}, {} messages, {:.1} s, {:.0} messages/s",
+            self.accounts_done.load(Ordering::Relaxed),
+            self.accounts_total.load(Ordering::Relaxed),
+            messages,
+            secs,
+            if secs > 0.0 {
+                messages as f64 / secs
+            } else {
+                0.0
+            }
+        )
+    }
+
+    /// Counts one account captured.
+    pub fn account_done(&self, c: &AccountCapture) {
+        let n = c
+            .mailboxes
+            .values()
+            .map(|m| m.new.len() + m.cur.len())
+            .sum();
+        self.messages.fetch_add(n, Ordering::Relaxed);
+        self.accounts_done.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Set by a stop signal; capture checks it between tries and accounts and stops.

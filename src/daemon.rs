@@ -6,7 +6,7 @@
 //! the parent it is ready, so once the parent exits nothing holds the caller's terminal or
 //! pipes (`out=$(maildirfs mount ...)` returns at once).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, IsTerminal, Write};
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -36,6 +36,16 @@ impl Notifier {
         }
     }
 
+    /// Where capture progress goes: through the pipe to the waiting parent (which shows it or
+    /// not), or in the foreground straight to stderr when it is a terminal and `wanted`.
+    pub fn progress_sink(&self, wanted: bool) -> Option<ProgressSink> {
+        match &self.pipe {
+            Some(p) => p.try_clone().ok().map(ProgressSink::Pipe),
+            None if wanted && std::io::stderr().is_terminal() => Some(ProgressSink::Terminal),
+            None => None,
+        }
+    }
+
     /// A notifier that reports to stderr (foreground mode).
     pub fn foreground() -> Notifier {
         Notifier { pipe: None }
@@ -45,6 +55,35 @@ impl Notifier {
         self.pipe.is_none()
     }
 }
+
+/// Where progress lines go.
+#[derive(Debug)]
+pub enum ProgressSink {
+    Pipe(std::io::PipeWriter),
+    Terminal,
+}
+
+impl ProgressSink {
+    /// Shows `line` in place of the previous one.
+    pub fn send(&mut self, line: &str) {
+        match self {
+            ProgressSink::Pipe(p) => {
+                let _ = p.write_all(format!("PROGRESS {line}\n").as_bytes());
+            }
+            ProgressSink::Terminal => eprint!("{CLEAR_LINE}maildirfs: {line}"),
+        }
+    }
+
+    /// Clears the line shown, if any.
+    pub fn finish(&mut self) {
+        if let ProgressSink::Terminal = self {
+            eprint!("{CLEAR_LINE}");
+        }
+    }
+}
+
+/// Back to the start of the line, and clear it.
+const CLEAR_LINE: &str = "\r\x1b[K";
 
 /// What the parent learned.
 pub enum Outcome {
@@ -56,8 +95,13 @@ pub enum Outcome {
 
 /// Forks. In the child, runs `serve` and exits with its status; in the parent, returns what
 /// the child reported.
-pub fn detach(serve: impl FnOnce(&mut Notifier) -> Result<()>) -> Result<Outcome> {
-    let (mut reader, writer) =
+/// Progress lines from the child are shown on stderr, each over the last, when
+/// `show_progress` and stderr is a terminal.
+pub fn detach(
+    show_progress: bool,
+    serve: impl FnOnce(&mut Notifier) -> Result<()>,
+) -> Result<Outcome> {
+    let (reader, writer) =
         std::io::pipe().map_err(|e| Error::io("cannot create pipe", "maildirfs", e))?;
     match sys::fork().map_err(|e| Error::io("cannot fork", "maildirfs", e))? {
         sys::Fork::Child => {
@@ -79,9 +123,25 @@ pub fn detach(serve: impl FnOnce(&mut Notifier) -> Result<()>) -> Result<Outcome
         }
         sys::Fork::Parent(pid) => {
             drop(writer);
-            let mut text = String::new();
-            let _ = reader.read_to_string(&mut text);
-            let line = text.lines().next().unwrap_or("");
+            let show = show_progress && std::io::stderr().is_terminal();
+            let mut shown = false;
+            let mut outcome = None;
+            for line in std::io::BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                if let Some(p) = line.strip_prefix("PROGRESS ") {
+                    if show {
+                        eprint!("{CLEAR_LINE}maildirfs: {p}");
+                        shown = true;
+                    }
+                    continue;
+                }
+                outcome = Some(line);
+                break;
+            }
+            if shown {
+                eprint!("{CLEAR_LINE}");
+            }
+            let line = outcome.unwrap_or_default();
             if let Some(summary) = line.strip_prefix("OK ") {
                 return Ok(Outcome::Ready(summary.to_owned()));
             }

@@ -19,6 +19,7 @@ use crate::maildir::discover::is_mailbox;
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
 use crate::pin::PinBudget;
+use crate::select::{Selection, Visibility};
 use crate::snapshot::{
     Attr, Builder, Ino, NewContent, NewKind, NewNode, NodeIdx, Snapshot, Stamp, Totals,
 };
@@ -49,6 +50,7 @@ pub fn freeze(
     source: &Path,
     captures: Vec<AccountCapture>,
     exclude_indexes: bool,
+    selection: &Selection,
     budget: &PinBudget,
 ) -> Result<(Snapshot, FreezeReport)> {
     let root_st = sys::fstat(root).map_err(|e| Error::io("cannot stat source", source, e))?;
@@ -79,6 +81,7 @@ pub fn freeze(
         source,
         dev: root_st.st_dev,
         exclude_indexes,
+        selection,
         mailboxes,
         builder: Builder::new(attr_of(&root_st), root_st.st_dev, expected),
         report,
@@ -130,6 +133,7 @@ struct Freezer<'a> {
     source: &'a Path,
     dev: u64,
     exclude_indexes: bool,
+    selection: &'a Selection,
     mailboxes: HashMap<PathBuf, MailboxCapture>,
     builder: Builder,
     report: FreezeReport,
@@ -186,7 +190,11 @@ impl Freezer<'_> {
                 return Ok(Vec::new());
             }
         };
-        let mut mailbox = is_mailbox(dir, &entries);
+        // With --include/--exclude, a directory only on the way to selected paths holds just
+        // that way down: its subdirectories that are shown or lead to shown ones.
+        let only_the_way =
+            !self.selection.is_all() && self.selection.visibility(&p.rel) == Visibility::Ancestor;
+        let mut mailbox = !only_the_way && is_mailbox(dir, &entries);
         if mailbox && !self.mailboxes.contains_key(&p.rel) {
             // Created after discovery: capture it now, without a lock.
             log::warn!(
@@ -224,6 +232,10 @@ impl Freezer<'_> {
             let special =
                 mailbox && (name == names::CUR || name == names::NEW || name == names::TMP);
             if !special && names::is_hidden(&name, place, self.exclude_indexes) {
+                continue;
+            }
+            if !self.selection.is_all() && !self.selected(&p.rel, &name, entry.d_type, only_the_way)
+            {
                 continue;
             }
             if mailbox && names::is_control_file(&name) {
@@ -312,7 +324,29 @@ impl Freezer<'_> {
         Ok(next)
     }
 
-    /// A node for an entry of a plain or mailbox directory, or `None` if it is left out.
+    /// Whether entry `name` of directory `dir_rel` is in the view under --include/--exclude: in
+    /// a directory that is only on the way to selected paths, only subdirectories that are
+    /// shown or lead further are.
+    fn selected(&self, dir_rel: &Path, name: &[u8], d_type: u8, only_the_way: bool) -> bool {
+        let v = self
+            .selection
+            .visibility(&dir_rel.join(OsStr::from_bytes(name)));
+        match v {
+            Visibility::Hidden => false,
+            Visibility::Shown => true,
+            Visibility::Ancestor => {
+                !only_the_way
+                    || d_type == libc::DT_DIR
+                    || (d_type == libc::DT_UNKNOWN
+                        && sys::lstat_at(
+                            self.root,
+                            dir_rel.join(OsStr::from_bytes(name)).as_os_str(),
+                        )
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR))
+            }
+        }
+    }
+
     /// The attributes of an entry, and its pin: a regular file is pinned first and then
     /// `fstat`ed through the pin, so the attributes and the bytes served are of one inode.
     fn stat_entry(

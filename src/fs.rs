@@ -189,11 +189,16 @@ impl MaildirFs {
         let idx = self.node(ino)?;
         let opened = self.opened_for(ino, fh, idx)?;
         let len = self.snap.node(idx).attr.size;
-        source::read_at(&opened, len, offset, size).map_err(|e| {
+        let data = source::read_at(&opened, len, offset, size).map_err(|e| {
             let path = self.source.path().join(self.snap.rel_path(idx));
             self.source.failed(idx, &path, &e);
             Errno::from(e)
-        })
+        })?;
+        self.source.reads.fetch_add(1, Ordering::Relaxed);
+        self.source
+            .bytes_served
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
     }
 
     /// The directory at `ino`, its parent, and its children's index range.

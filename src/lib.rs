@@ -24,21 +24,27 @@
 #![deny(unsafe_code)]
 
 pub mod capture;
+pub mod cli;
 pub mod daemon;
 pub mod error;
 pub mod freeze;
 pub mod fs;
+pub mod json;
 pub mod lock;
 pub mod logging;
 pub mod maildir;
 pub mod mount;
 pub mod options;
 pub mod pin;
+pub mod report;
 pub mod runtime;
+pub mod select;
 pub mod snapshot;
 pub mod source;
+pub mod status;
 pub mod sys;
 pub mod umount;
+pub mod verify;
 
 #[cfg(test)]
 mod testutil;

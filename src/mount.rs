@@ -16,6 +16,7 @@ use crate::fs::{MaildirFs, ReadPath};
 use crate::maildir;
 use crate::options::MountOptions;
 use crate::pin::PinBudget;
+use crate::report::{Live, MountReport};
 use crate::runtime::{self, StateFile};
 use crate::snapshot::Snapshot;
 use crate::source::Source;
@@ -100,7 +101,7 @@ pub fn run(opts: &MountOptions) -> Result<Option<String>> {
     }
     // Open the log file before forking, so a bad path is an error the caller sees.
     crate::logging::init(opts.verbosity, opts.log_file.as_deref(), true)?;
-    match daemon::detach(|n| serve(opts, checked, n))? {
+    match daemon::detach(opts.progress, |n| serve(opts, checked, n))? {
         Outcome::Ready(summary) => Ok(Some(summary)),
         Outcome::Failed(err) => Err(Error::relayed(err)),
     }
@@ -108,12 +109,54 @@ pub fn run(opts: &MountOptions) -> Result<Option<String>> {
 
 /// What one capture produced.
 pub struct Captured {
+    /// When the capture started (UTC, ISO 8601).
+    pub started_at: String,
     pub snapshot: Snapshot,
     pub report: FreezeReport,
     pub accounts: Vec<AccountSummary>,
     pub elapsed: Duration,
     /// The soft `RLIMIT_NOFILE` the pins had to fit in.
     pub fd_limit: u64,
+    /// Whether --include/--exclude chose the accounts.
+    pub selected: bool,
+}
+
+impl Captured {
+    /// The status report of this capture mounted as `checked`, before any serving.
+    /// (`reads` and `summary` are filled in once the kernel has connected.)
+    pub fn report_for(&self, checked: &Checked) -> MountReport {
+        let t = &self.snapshot.totals;
+        let longest = self.accounts.iter().max_by_key(|a| a.lock_hold);
+        MountReport {
+            pid: sys::getpid() as u32,
+            source: escape_path(&checked.source),
+            mountpoint: escape_path(&checked.mountpoint),
+            captured_at: self.started_at.clone(),
+            capture_seconds: self.elapsed.as_secs_f64(),
+            accounts: t.accounts as u64,
+            mailboxes: t.mailboxes as u64,
+            messages: t.messages as u64,
+            bytes: t.bytes,
+            unlocked: self
+                .accounts
+                .iter()
+                .filter_map(|a| Some((display_rel(&a.root), a.unlocked.clone()?)))
+                .collect(),
+            longest_lock_hold_ms: longest.map_or(0, |a| a.lock_hold.as_millis() as u64),
+            longest_lock_hold_account: longest.map(|a| display_rel(&a.root)).unwrap_or_default(),
+            pinned: t.pinned as u64,
+            unpinned: t.unpinned as u64,
+            fd_limit: self.fd_limit,
+            expunged_during_capture: self.report.vanished as u64,
+            unreadable: self.report.unreadable.len() as u64,
+            special_files: self.report.special_files as u64,
+            mount_points_skipped: self.report.skipped_mounts.len() as u64,
+            mailboxes_without_lock: self.report.late_mailboxes.len() as u64,
+            reads: String::new(),
+            summary: String::new(),
+            live: Live::default(),
+        }
+    }
 }
 
 /// Per account, for the summary.
@@ -127,14 +170,26 @@ pub struct AccountSummary {
 
 /// Discover, lock, capture and freeze SOURCE, without FUSE.
 pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Result<Captured> {
+    capture_tree_with(root, source, opts, &capture::Progress::default())
+}
+
+/// [`capture_tree`], counting its progress in `progress`.
+pub fn capture_tree_with(
+    root: &OwnedFd,
+    source: &Path,
+    opts: &MountOptions,
+    progress: &capture::Progress,
+) -> Result<Captured> {
     let started = Instant::now();
-    let found = maildir::discover(root.as_fd(), source, opts.exclude_indexes)?;
+    let started_at = crate::logging::utc_now();
+    let found = maildir::discover(root.as_fd(), source, opts.exclude_indexes, &opts.selection)?;
     if found.accounts.is_empty() {
-        return Err(Error::msg(
-            "nothing to capture",
-            source,
-            "holds no Maildir (no directory with cur/ and new/)",
-        ));
+        let why = if opts.selection.is_all() {
+            "holds no Maildir (no directory with cur/ and new/)"
+        } else {
+            "holds no Maildir that --include/--exclude select"
+        };
+        return Err(Error::msg("nothing to capture", source, why));
     }
     let policy = LockPolicy {
         no_lock: opts.no_lock,
@@ -151,7 +206,10 @@ pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Resul
         );
     }
     let budget = PinBudget::from_rlimit();
-    let captures = capture_accounts(root, source, &found.accounts, &policy, &budget)?;
+    progress
+        .accounts_total
+        .store(found.accounts.len(), std::sync::atomic::Ordering::Relaxed);
+    let captures = capture_accounts(root, source, &found.accounts, &policy, &budget, progress)?;
     let accounts = captures
         .iter()
         .map(|c| AccountSummary {
@@ -166,15 +224,18 @@ pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Resul
         source,
         captures,
         opts.exclude_indexes,
+        &opts.selection,
         &budget,
     )?;
     sys::trim_heap();
     Ok(Captured {
+        started_at,
         snapshot,
         report,
         accounts,
         elapsed: started.elapsed(),
         fd_limit: budget.limit,
+        selected: !opts.selection.is_all(),
     })
 }
 
@@ -187,6 +248,7 @@ fn capture_accounts(
     accounts: &[maildir::Account],
     policy: &LockPolicy,
     budget: &PinBudget,
+    progress: &capture::Progress,
 ) -> Result<Vec<AccountCapture>> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -208,6 +270,9 @@ fn capture_accounts(
                         break;
                     };
                     let r = capture::capture_account(root.as_fd(), source, account, policy, budget);
+                    if let Ok(c) = &r {
+                        progress.account_done(c);
+                    }
                     let failed = r.is_err();
                     *slots[i].lock() = Some(r);
                     if failed {
@@ -271,8 +336,28 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
         })
         .map_err(|e| Error::io("cannot start signal thread", "maildirfs", e))?;
 
-    let captured = capture_tree(&checked.source_fd, &checked.source, opts)?;
+    let progress = capture::Progress::default();
+    let mut sink = notifier.progress_sink(opts.progress);
+    let capturing = std::sync::atomic::AtomicBool::new(true);
+    let started = Instant::now();
+    let captured = std::thread::scope(|s| {
+        if let Some(sink) = sink.as_mut() {
+            let (progress, capturing) = (&progress, &capturing);
+            s.spawn(move || {
+                while capturing.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(PROGRESS_INTERVAL);
+                    sink.send(&progress.line(started.elapsed()));
+                }
+                sink.finish();
+            });
+        }
+        let c = capture_tree_with(&checked.source_fd, &checked.source, opts, &progress);
+        capturing.store(false, std::sync::atomic::Ordering::Relaxed);
+        c
+    })?;
+    drop(sink);
     let summary = summary_line(&checked, &captured);
+    let mut report = captured.report_for(&checked);
     let snap = Arc::new(captured.snapshot);
     let source = Arc::new(Source::new(checked.source_fd, checked.source.clone()));
     let fs = MaildirFs::new(Arc::clone(&snap), Arc::clone(&source), opts.passthrough);
@@ -320,19 +405,24 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
         ReadPath::NoOpen => format!("{summary}; reads: through maildirfs, cached by the kernel"),
     };
 
-    let mut state = match runtime::find_mount(&checked.mountpoint) {
+    let reads = match ReadPath::from_u8(read_path.load(std::sync::atomic::Ordering::Relaxed)) {
+        ReadPath::Passthrough => "passthrough",
+        ReadPath::NoOpen if opts.passthrough => "no-passthrough",
+        ReadPath::NoOpen => "kernel-cache",
+    };
+    report.reads = reads.to_owned();
+    report.summary = summary.clone();
+    let state = match runtime::find_mount(&checked.mountpoint) {
         Some(m) => Some(StateFile::create(&m.devno)?),
         None => None,
     };
-    let captured_at = crate::logging::utc_now();
-    if let Some(s) = state.as_mut() {
-        s.write(&[
-            ("pid", sys::getpid().to_string()),
-            ("source", checked.source.display().to_string()),
-            ("mountpoint", checked.mountpoint.display().to_string()),
-            ("captured_at", captured_at.clone()),
-            ("summary", summary.clone()),
-        ])?;
+    let state = Arc::new(Mutex::new(state));
+    if let Some(s) = state.lock().as_mut() {
+        s.write(&report.to_fields())?;
+    }
+    if let Some(path) = &opts.summary_json {
+        write_atomically(path, report.to_value().to_json_pretty() + "\n")
+            .map_err(|e| Error::io("cannot write summary", path, e))?;
     }
     crate::logging::notice(&summary);
     if notifier.is_foreground() {
@@ -343,27 +433,68 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     if capture::CANCEL.load(std::sync::atomic::Ordering::Relaxed) {
         let _ = session.unmount();
     }
+    // The state file follows the live counters for `maildirfs status`; dropping `stop` ends
+    // the thread at once.
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let updater = {
+        let (state, source, mut report) = (Arc::clone(&state), Arc::clone(&source), report.clone());
+        std::thread::Builder::new()
+            .name("status".to_owned())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(STATUS_INTERVAL)
+                {
+                    let live = source.live();
+                    if live != report.live {
+                        report.live = live;
+                        if let Some(s) = state.lock().as_mut() {
+                            let _ = s.write(&report.to_fields());
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::io("cannot start status thread", "maildirfs", e))?
+    };
     let result = session.run();
+    // The mount is gone and its device number free for the next mount: out of the lookup.
+    if let Some(s) = state.lock().as_mut() {
+        s.retire();
+    }
+    drop(stop);
+    let _ = updater.join();
+    report.live = source.live();
     let final_line = format!(
         "unmounted {}: {} files renamed in the source were served from their new names, {} vanished, {} failed to read",
         escape_path(&checked.mountpoint),
-        source.refound.load(std::sync::atomic::Ordering::Relaxed),
-        source.vanished(),
-        source.errors(),
+        report.live.refound,
+        report.live.vanished,
+        report.live.read_errors,
     );
     crate::logging::notice(&final_line);
-    if let Some(mut s) = state {
-        let _ = s.write(&[
-            ("pid", sys::getpid().to_string()),
-            ("source", checked.source.display().to_string()),
-            ("mountpoint", checked.mountpoint.display().to_string()),
-            ("captured_at", captured_at),
-            ("summary", summary),
-            ("final", final_line),
-        ]);
+    if let Some(mut s) = state.lock().take() {
+        let mut fields = report.to_fields();
+        fields.push(("final", final_line));
+        let _ = s.write(&fields);
         s.remove();
     }
     result.map_err(|e| Error::io("serving failed", &checked.mountpoint, e))
+}
+
+/// How often the capture progress line is brought up to date.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How often the server brings its state file's counters up to date.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Writes `text` to `path` through a temporary file and a rename, so a reader never sees half.
+fn write_atomically(path: &Path, text: String) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", sys::getpid()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// The mount source shown in `/proc/mounts` and `df`; mount options are comma-separated, so a
@@ -402,8 +533,13 @@ pub fn summary_line(checked: &Checked, c: &Captured) -> String {
             first.unlocked.as_deref().unwrap_or("")
         ),
     };
+    let chosen = if c.selected {
+        " (chosen by --include/--exclude)"
+    } else {
+        ""
+    };
     let mut line = format!(
-        "mounted {} on {}: {} accounts, {} mailboxes, {} messages, {} in {:.2} s; {hold}; {locks}",
+        "mounted {} on {}: {} accounts{chosen}, {} mailboxes, {} messages, {} in {:.2} s; {hold}; {locks}",
         escape_path(&checked.source),
         escape_path(&checked.mountpoint),
         t.accounts,

@@ -27,6 +27,12 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// `--lock-host NAME`: the host written into our locks (containers; see `lock.rs`).
     pub lock_host: Option<String>,
+    /// `--include`/`--exclude`: which accounts (paths relative to SOURCE) the view holds.
+    pub selection: crate::select::Selection,
+    /// `--summary-json FILE`: where to write the mount's report as JSON once mounted.
+    pub summary_json: Option<PathBuf>,
+    /// `--progress`/-q: show a live capture line on a terminal.
+    pub progress: bool,
 }
 
 impl MountOptions {
@@ -44,6 +50,9 @@ impl MountOptions {
             log_file: None,
             passthrough: false,
             lock_host: None,
+            selection: crate::select::Selection::default(),
+            summary_json: None,
+            progress: true,
         }
     }
 
@@ -55,9 +64,21 @@ impl MountOptions {
                 None => (opt, None),
             };
             match (key, value) {
-                // Always true of this filesystem, or handled by mount(8)/mount.fuse3.
-                ("ro" | "nodev" | "nosuid" | "noexec" | "noatime" | "defaults", None) => {}
-                ("auto" | "noauto" | "user" | "nouser" | "users" | "nofail" | "_netdev", None) => {}
+                // Always true of this filesystem (it is mounted ro,nodev,nosuid whatever is
+                // asked), or meant for mount(8), mount.fuse3 or systemd: mount.fuse3 adds
+                // `dev,suid` to every helper's options.
+                (
+                    "ro" | "nodev" | "nosuid" | "noexec" | "dev" | "suid" | "exec" | "async"
+                    | "sync" | "atime" | "noatime" | "relatime" | "strictatime" | "nodiratime"
+                    | "lazytime" | "defaults",
+                    None,
+                ) => {}
+                (
+                    "auto" | "noauto" | "user" | "nouser" | "users" | "owner" | "group" | "nofail"
+                    | "_netdev",
+                    None,
+                ) => {}
+                _ if key.starts_with("x-") || key == "comment" => {}
                 ("rw", None) => return Err("option rw: the view is read-only".to_owned()),
                 ("allow_other" | "default_permissions", None) => {
                     self.allow_other |= key == "allow_other"
@@ -75,6 +96,11 @@ impl MountOptions {
                 }
                 ("log_file", Some(v)) if !v.is_empty() => self.log_file = Some(PathBuf::from(v)),
                 ("lock_host", Some(v)) => self.lock_host = Some(valid_lock_host(v)?),
+                ("include", Some(v)) => self.selection.include(v)?,
+                ("exclude", Some(v)) => self.selection.exclude(v)?,
+                ("summary_json", Some(v)) if !v.is_empty() => {
+                    self.summary_json = Some(PathBuf::from(v))
+                }
                 _ => return Err(format!("unknown mount option: {opt}")),
             }
         }
@@ -103,8 +129,10 @@ mod tests {
     #[test]
     fn o_options() {
         let mut o = MountOptions::new("/s".into(), "/m".into());
-        o.apply_o("ro,noauto,allow_other,exclude_indexes,lock_timeout=5")
-            .unwrap();
+        o.apply_o(
+            "ro,noauto,allow_other,exclude_indexes,lock_timeout=5,dev,suid,x-systemd.automount",
+        )
+        .unwrap();
         assert!(o.allow_other && o.exclude_indexes);
         assert_eq!(o.lock_timeout, Duration::from_secs(5));
         assert!(o.apply_o("rw").is_err());
@@ -117,5 +145,10 @@ mod tests {
         assert_eq!(o.lock_host.as_deref(), Some("backup.example"));
         assert!(o.apply_o("lock_host=a/b").is_err());
         assert!(o.apply_o("lock_host=a:b").is_err());
+        let mut o = MountOptions::new("/s".into(), "/m".into());
+        o.apply_o("include=example.org/*,exclude=*/spam,summary_json=/tmp/s.json")
+            .unwrap();
+        assert!(!o.selection.is_all());
+        assert!(o.apply_o("include=/abs").is_err());
     }
 }

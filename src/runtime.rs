@@ -64,12 +64,25 @@ impl StateFile {
             text.push_str(&v.replace('\n', " "));
             text.push('\n');
         }
+        // Written over the old content, then cut to length: a reader never finds the file
+        // empty, and `read_state` reads until two reads agree.
         let res = self
             .file
-            .set_len(0)
-            .and_then(|()| self.file.rewind())
-            .and_then(|()| self.file.write_all(text.as_bytes()));
+            .rewind()
+            .and_then(|()| self.file.write_all(text.as_bytes()))
+            .and_then(|()| self.file.set_len(text.len() as u64));
         res.map_err(|e| Error::io("cannot write state file", &self.path, e))
+    }
+
+    /// Takes the file out of the lookup by device number (renamed to `.exiting`) as soon as
+    /// the mount is gone: the kernel may give the device number to a new mount at once, and a
+    /// `umount` or `status` of that mount must not find this server. A caller that already has
+    /// the file open keeps it, lock and all.
+    pub fn retire(&mut self) {
+        let retired = self.path.with_extension("exiting");
+        if std::fs::rename(&self.path, &retired).is_ok() {
+            self.path = retired;
+        }
     }
 
     /// Removes the file; the lock goes with the fd when `self` drops.
@@ -78,11 +91,23 @@ impl StateFile {
     }
 }
 
-/// Reads a state file's fields.
+/// Reads a state file's fields. The server rewrites the file in place while it serves, so it
+/// is read until two reads in a row agree.
 pub fn read_fields(file: &mut File) -> Vec<(String, String)> {
-    let mut text = String::new();
-    let _ = file.rewind();
-    let _ = file.read_to_string(&mut text);
+    let mut read = || {
+        let mut text = String::new();
+        let _ = file.rewind();
+        let _ = file.read_to_string(&mut text);
+        text
+    };
+    let mut text = read();
+    for _ in 0..20 {
+        let again = read();
+        if again == text {
+            break;
+        }
+        text = again;
+    }
     text.lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -90,10 +115,12 @@ pub fn read_fields(file: &mut File) -> Vec<(String, String)> {
 }
 
 /// The state files of device number `devno`: the live server's (locked by it), if any, and
-/// the paths of stale ones left by servers that crashed.
-pub fn find_state(devno: &str) -> (Option<(File, PathBuf)>, Vec<PathBuf>) {
+/// the paths of stale ones left by servers that crashed. Should two live servers name the
+/// device number (an old one still exiting after its unmount, and a new mount given the same
+/// number), the one serving `mountpoint` and started last is taken.
+pub fn find_state(devno: &str, mountpoint: &Path) -> (Option<(File, PathBuf)>, Vec<PathBuf>) {
     let want = prefix(devno);
-    let mut live = None;
+    let mut live: Vec<(File, PathBuf)> = Vec::new();
     let mut stale = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir()) else {
         return (None, stale);
@@ -101,7 +128,8 @@ pub fn find_state(devno: &str) -> (Option<(File, PathBuf)>, Vec<PathBuf>) {
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if !name.starts_with(&want) || !name.ends_with(".state") {
+        let exiting = name.ends_with(".exiting");
+        if !name.starts_with(&want) || !(name.ends_with(".state") || exiting) {
             continue;
         }
         let path = e.path();
@@ -109,11 +137,49 @@ pub fn find_state(devno: &str) -> (Option<(File, PathBuf)>, Vec<PathBuf>) {
             continue;
         };
         match file.try_lock_shared() {
+            // Left by a server that died (perhaps while exiting).
             Ok(()) => stale.push(path),
-            Err(_) => live = Some((file, path)),
+            // A server on its way out serves no mount any more.
+            Err(_) if exiting => {}
+            Err(_) => live.push((file, path)),
         }
     }
-    (live, stale)
+    if live.len() > 1 {
+        let shown = crate::error::escape_path(mountpoint);
+        let mut ranked: Vec<(bool, u64, (File, PathBuf))> = live
+            .into_iter()
+            .map(|(mut f, p)| {
+                let fields = read_fields(&mut f);
+                let field = |k: &str| {
+                    fields
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .map(|(_, v)| v.clone())
+                };
+                let serves = field("mountpoint").is_some_and(|m| m == shown);
+                let started = field("pid")
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .and_then(process_start)
+                    .unwrap_or(0);
+                (serves, started, (f, p))
+            })
+            .collect();
+        ranked.sort_by_key(|(serves, started, _)| (*serves, *started));
+        live = ranked.into_iter().map(|(_, _, fp)| fp).collect();
+    }
+    (live.pop(), stale)
+}
+
+/// When process `pid` started, in clock ticks since boot (`/proc/<pid>/stat` field 22).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: count fields after the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// One mount as `/proc/self/mountinfo` describes it.
@@ -182,6 +248,15 @@ fn unescape(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_start_time_is_read_and_ordered() {
+        let me = process_start(std::process::id()).unwrap();
+        assert!(me > 0);
+        // pid 1 started before this test.
+        assert!(process_start(1).is_some_and(|init| init <= me));
+        assert_eq!(process_start(u32::MAX), None);
+    }
 
     #[test]
     fn parses_mountinfo() {

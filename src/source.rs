@@ -40,6 +40,9 @@ pub struct Source {
     errors: Mutex<HashSet<NodeIdx>>,
     /// Messages served from a new name after a rename in the live tree.
     pub refound: AtomicU64,
+    /// Bytes read from SOURCE for the kernel, and READ requests answered.
+    pub bytes_served: AtomicU64,
+    pub reads: AtomicU64,
 }
 
 /// An open file of the image.
@@ -59,11 +62,24 @@ impl Source {
             vanished: Mutex::new(HashSet::new()),
             errors: Mutex::new(HashSet::new()),
             refound: AtomicU64::new(0),
+            bytes_served: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The serving counters now.
+    pub fn live(&self) -> crate::report::Live {
+        crate::report::Live {
+            vanished: self.vanished() as u64,
+            read_errors: self.errors() as u64,
+            refound: self.refound.load(Ordering::Relaxed),
+            bytes_served: self.bytes_served.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+        }
     }
 
     /// How many files could not be served because they were gone.

@@ -28,7 +28,7 @@ pub fn umount(mountpoint: &Path) -> Result<Option<String>> {
             format!("not a maildirfs mount (type {})", entry.fstype),
         ));
     }
-    let (state, stale) = runtime::find_state(&entry.devno);
+    let (state, stale) = runtime::find_state(&entry.devno, &abs);
     // State files nobody holds were left by crashed servers.
     for path in stale {
         let _ = std::fs::remove_file(path);

@@ -155,7 +155,8 @@ fn captured_ids(
     src: &Path,
     policy: &LockPolicy,
 ) -> BTreeMap<PathBuf, BTreeSet<String>> {
-    let found = maildirfs::maildir::discover(root.as_fd(), src, false).unwrap();
+    let found =
+        maildirfs::maildir::discover(root.as_fd(), src, false, &Default::default()).unwrap();
     let mut out = BTreeMap::new();
     for account in &found.accounts {
         let c = capture_account(

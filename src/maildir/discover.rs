@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::maildir::names::{self, Place};
+use crate::select::{Selection, Visibility};
 use crate::sys;
 
 /// One account: a top-level mailbox and the mailboxes below it.
@@ -31,6 +32,8 @@ pub struct Discovery {
     pub accounts: Vec<Account>,
     /// Directories under SOURCE on another filesystem, not entered.
     pub skipped_mounts: Vec<PathBuf>,
+    /// Directories that could not be opened or listed, not searched.
+    pub unreadable: Vec<PathBuf>,
 }
 
 impl Discovery {
@@ -40,7 +43,13 @@ impl Discovery {
 }
 
 /// Walks the tree under `root` (an fd on SOURCE; `source` is only for messages).
-pub fn discover(root: BorrowedFd<'_>, source: &Path, exclude_indexes: bool) -> Result<Discovery> {
+/// Only paths that `selection` shows are searched for accounts (see `select.rs`).
+pub fn discover(
+    root: BorrowedFd<'_>,
+    source: &Path,
+    exclude_indexes: bool,
+    selection: &Selection,
+) -> Result<Discovery> {
     let root_dev = sys::fstat(root)
         .map_err(|e| Error::io("cannot stat source", source, e))?
         .st_dev;
@@ -48,6 +57,7 @@ pub fn discover(root: BorrowedFd<'_>, source: &Path, exclude_indexes: bool) -> R
         source,
         root_dev,
         exclude_indexes,
+        selection,
         out: Discovery::default(),
     };
     walk.visit(root, PathBuf::new(), None)?;
@@ -69,6 +79,7 @@ struct Walk<'a> {
     source: &'a Path,
     root_dev: u64,
     exclude_indexes: bool,
+    selection: &'a Selection,
     out: Discovery,
 }
 
@@ -82,10 +93,13 @@ impl Walk<'_> {
             }
             Err(e) => {
                 log::warn!("skipped unreadable directory {}: {e}", self.show(&rel));
+                self.out.unreadable.push(rel);
                 return Ok(());
             }
         };
-        let mailbox = is_mailbox(dir, &entries);
+        // A directory only on the way to selected ones is searched but is no mailbox itself.
+        let shown = self.selection.visibility(&rel) == Visibility::Shown;
+        let mailbox = shown && is_mailbox(dir, &entries);
         let account = if mailbox {
             let idx = account.unwrap_or_else(|| {
                 self.out.accounts.push(Account {
@@ -116,10 +130,14 @@ impl Walk<'_> {
                 continue;
             }
             let child_rel = rel.join(OsStr::from_bytes(name));
+            if self.selection.visibility(&child_rel) == Visibility::Hidden {
+                continue;
+            }
             let child = match sys::open_dir_at(dir, OsStr::from_bytes(name)) {
                 Ok(fd) => fd,
                 Err(e) => {
                     log::warn!("skipped directory {}: {e}", self.show(&child_rel));
+                    self.out.unreadable.push(child_rel);
                     continue;
                 }
             };
@@ -205,7 +223,7 @@ mod tests {
         fs::create_dir_all(root.join("example.org/bob/mail/Archive/notes")).unwrap();
         fs::create_dir_all(root.join("example.org/carol/sieve")).unwrap();
         let fd = fs::File::open(root).unwrap();
-        let d = discover(fd.as_fd(), root, false).unwrap();
+        let d = discover(fd.as_fd(), root, false, &Selection::default()).unwrap();
         assert_eq!(d.accounts.len(), 2);
         assert_eq!(d.accounts[0].root, Path::new("example.org/alice/Maildir"));
         assert_eq!(
@@ -228,7 +246,7 @@ mod tests {
         let t = crate::testutil::TempDir::new("discover1");
         mkbox(t.path());
         let fd = fs::File::open(t.path()).unwrap();
-        let d = discover(fd.as_fd(), t.path(), false).unwrap();
+        let d = discover(fd.as_fd(), t.path(), false, &Selection::default()).unwrap();
         assert_eq!(d.accounts.len(), 1);
         assert_eq!(d.accounts[0].root, Path::new(""));
     }
@@ -240,7 +258,7 @@ mod tests {
         mkbox(elsewhere.path());
         std::os::unix::fs::symlink(elsewhere.path(), t.path().join("link")).unwrap();
         let fd = fs::File::open(t.path()).unwrap();
-        let d = discover(fd.as_fd(), t.path(), false).unwrap();
+        let d = discover(fd.as_fd(), t.path(), false, &Selection::default()).unwrap();
         assert!(d.accounts.is_empty());
     }
 }

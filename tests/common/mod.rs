@@ -259,6 +259,15 @@ impl Mounted {
         Mounted { mnt, stderr }
     }
 
+    /// Takes charge of a view mounted some other way (a terminal, fstab, a child process), so
+    /// that it is unmounted on drop like any other.
+    pub fn adopt(mnt: PathBuf) -> Mounted {
+        Mounted {
+            mnt,
+            stderr: String::new(),
+        }
+    }
+
     /// Unmounts with `maildirfs umount`, asserting success; returns its stderr.
     pub fn umount(self) -> String {
         let out = run(&[OsStr::new("umount"), self.mnt.as_os_str()], &[]);

@@ -1,0 +1,104 @@
+//! `maildirfs status [MOUNTPOINT]`: every maildirfs view mounted (from `/proc/self/mountinfo`)
+//! with what its server wrote into its state file. A view whose server is gone (killed,
+//! crashed) is reported as dead: its mount point answers `ENOTCONN` until `maildirfs umount`.
+
+use std::path::Path;
+
+use crate::error::{Error, Result, escape_path};
+use crate::json::Value;
+use crate::report::MountReport;
+use crate::runtime;
+
+/// One mounted view.
+#[derive(Debug, Clone)]
+pub enum View {
+    /// Its server runs; this is its report.
+    Serving(Box<MountReport>),
+    /// Mounted, but no server holds its state file.
+    Dead { mountpoint: String, source: String },
+}
+
+impl View {
+    pub fn to_value(&self) -> Value {
+        match self {
+            View::Serving(r) => {
+                let Value::Object(mut pairs) = r.to_value() else {
+                    unreachable!("a report is an object")
+                };
+                pairs.insert(0, ("state".to_owned(), "serving".into()));
+                Value::Object(pairs)
+            }
+            View::Dead { mountpoint, source } => Value::object([
+                ("state", Value::from("dead")),
+                ("mountpoint", mountpoint.as_str().into()),
+                ("source", source.as_str().into()),
+            ]),
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        match self {
+            View::Serving(r) => r.to_text(),
+            View::Dead { mountpoint, source } => format!(
+                "{mountpoint} (from {source}): DEAD, its server is gone; run: maildirfs umount {mountpoint}\n"
+            ),
+        }
+    }
+
+    pub fn is_dead(&self) -> bool {
+        matches!(self, View::Dead { .. })
+    }
+}
+
+/// The views mounted, or the one at `mountpoint`.
+pub fn status(mountpoint: Option<&Path>) -> Result<Vec<View>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("cannot read", "/proc/self/mountinfo", e))?;
+    let mounts = runtime::parse_mountinfo(&text);
+    let wanted = match mountpoint {
+        None => None,
+        Some(m) => {
+            let abs = std::fs::canonicalize(m)
+                .or_else(|_| std::path::absolute(m))
+                .map_err(|e| Error::io("cannot use", m, e))?;
+            match mounts.iter().rfind(|e| e.mountpoint == abs) {
+                Some(e) if e.fstype == "fuse.maildirfs" => Some(abs),
+                Some(e) => {
+                    return Err(Error::msg(
+                        "not a maildirfs view",
+                        m,
+                        format!("a {} mount", e.fstype),
+                    ));
+                }
+                None => return Err(Error::msg("not a maildirfs view", m, "not mounted")),
+            }
+        }
+    };
+    let mut out = Vec::new();
+    for m in mounts.iter().filter(|e| e.fstype == "fuse.maildirfs") {
+        if wanted.as_ref().is_some_and(|w| *w != m.mountpoint) {
+            continue;
+        }
+        let (live, _stale) = runtime::find_state(&m.devno, &m.mountpoint);
+        out.push(match live {
+            Some((mut file, _)) => {
+                let fields = runtime::read_fields(&mut file);
+                View::Serving(Box::new(MountReport::from_fields(&fields)))
+            }
+            None => View::Dead {
+                mountpoint: escape_path(&m.mountpoint),
+                source: m.source.clone(),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The JSON document `status --json` prints.
+pub fn to_json(views: &[View]) -> String {
+    Value::object([(
+        "mounts",
+        Value::Array(views.iter().map(View::to_value).collect()),
+    )])
+    .to_json_pretty()
+}
