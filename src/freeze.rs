@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::capture::{self, AccountCapture, Listed, MailboxCapture};
 use crate::error::{Error, Result, escape_path};
-use crate::maildir::discover::is_mailbox;
+use crate::maildir::discover::{entry_is_dir, is_mailbox};
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
 use crate::pin::PinBudget;
@@ -234,8 +234,7 @@ impl Freezer<'_> {
             if !special && names::is_hidden(&name, place, self.exclude_indexes) {
                 continue;
             }
-            if !self.selection.is_all() && !self.selected(&p.rel, &name, entry.d_type, only_the_way)
-            {
+            if !self.selection.is_all() && !self.selected(dir, &p.rel, &entry) {
                 continue;
             }
             if mailbox && names::is_control_file(&name) {
@@ -324,26 +323,17 @@ impl Freezer<'_> {
         Ok(next)
     }
 
-    /// Whether entry `name` of directory `dir_rel` is in the view under --include/--exclude: in
-    /// a directory that is only on the way to selected paths, only subdirectories that are
-    /// shown or lead further are.
-    fn selected(&self, dir_rel: &Path, name: &[u8], d_type: u8, only_the_way: bool) -> bool {
-        let v = self
+    /// Whether `entry` of directory `dir` (at `dir_rel`) is in the view under
+    /// --include/--exclude: in a directory only on the way to selected paths, only the
+    /// subdirectories that are shown or lead further are.
+    fn selected(&self, dir: BorrowedFd<'_>, dir_rel: &Path, entry: &sys::DirEntry) -> bool {
+        match self
             .selection
-            .visibility(&dir_rel.join(OsStr::from_bytes(name)));
-        match v {
+            .visibility(&dir_rel.join(OsStr::from_bytes(&entry.name)))
+        {
             Visibility::Hidden => false,
             Visibility::Shown => true,
-            Visibility::Ancestor => {
-                !only_the_way
-                    || d_type == libc::DT_DIR
-                    || (d_type == libc::DT_UNKNOWN
-                        && sys::lstat_at(
-                            self.root,
-                            dir_rel.join(OsStr::from_bytes(name)).as_os_str(),
-                        )
-                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR))
-            }
+            Visibility::Ancestor => entry_is_dir(dir, entry),
         }
     }
 

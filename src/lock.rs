@@ -6,8 +6,9 @@
 //!   waits instead of overriding, and overrides at once after a crash (dead pid);
 //! - touched (mtime set to now) every [`TOUCH_INTERVAL`] while held, well inside Dovecot's
 //!   `MAILDIR_LOCK_TOUCH_SECS` (10 s), so waiters that cannot check the pid never judge it stale;
-//! - released only if the path still names the inode we created (`file_dotlock_delete()`):
-//!   a lock that was overridden and re-created by someone else is never removed.
+//! - released only if the path still names the inode we created (`file_dotlock_delete()`)
+//!   and it still holds what we wrote: a lock that was overridden and re-created, or rewritten
+//!   in place, by someone else is never removed.
 //!
 //! A busy lock is overridden only where Dovecot itself would override it (`check_lock()`): it
 //! names a dead pid on this host and is at least [`STALE_PID_CHECK`] old, or it has no usable
@@ -49,6 +50,8 @@ pub struct UidlistLock {
     fd: Arc<OwnedFd>,
     dev: u64,
     ino: u64,
+    /// What we wrote into it (`<pid>:<host>`).
+    content: String,
 }
 
 /// The outcome of one try.
@@ -89,6 +92,7 @@ impl UidlistLock {
             fd: Arc::new(fd),
             dev: st.st_dev,
             ino: st.st_ino,
+            content: content.to_owned(),
         };
         // From here on `lock` owns the file: an error below drops it, which removes it.
         let mut file = std::fs::File::from(
@@ -102,11 +106,27 @@ impl UidlistLock {
         Ok(lock)
     }
 
-    /// Whether the lock path still names the file we created: false once someone overrode it.
+    /// Whether the lock path still names the file we created, holding what we wrote: false
+    /// once someone overrode it (a new file) or rewrote it in place with their own pid.
     pub fn is_ours(&self) -> bool {
-        match sys::lstat_at(self.dir.as_fd(), OsStr::new(UIDLIST_LOCK)) {
+        let same_file = match sys::lstat_at(self.dir.as_fd(), OsStr::new(UIDLIST_LOCK)) {
             Ok(st) => st.st_dev == self.dev && st.st_ino == self.ino,
             Err(_) => false,
+        };
+        same_file && self.still_says_ours()
+    }
+
+    /// Whether our lock file's content is still exactly what we wrote.
+    fn still_says_ours(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Ok(fd) = self.fd.try_clone() else {
+            // Out of fds: cannot tell; the file is ours by identity.
+            return true;
+        };
+        let mut buf = vec![0u8; self.content.len() + 1];
+        match std::fs::File::from(fd).read_at(&mut buf, 0) {
+            Ok(n) => buf[..n] == *self.content.as_bytes(),
+            Err(_) => true,
         }
     }
 

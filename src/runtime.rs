@@ -14,10 +14,13 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::sys;
 
+/// Root's state directory.
+const ROOT_DIR: &str = "/run/maildirfs";
+
 /// Where state files live: `/run/maildirfs` for root, else the user's runtime directory.
 pub fn dir() -> PathBuf {
     if sys::geteuid() == 0 {
-        return PathBuf::from("/run/maildirfs");
+        return PathBuf::from(ROOT_DIR);
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("maildirfs"),
@@ -122,9 +125,16 @@ pub fn find_state(devno: &str, mountpoint: &Path) -> (Option<(File, PathBuf)>, V
     let want = prefix(devno);
     let mut live: Vec<(File, PathBuf)> = Vec::new();
     let mut stale = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir()) else {
-        return (None, stale);
-    };
+    // A user looks at root's servers too (state files are world-readable, and `flock` needs
+    // no write access).
+    let mut dirs = vec![dir()];
+    if dirs[0] != Path::new(ROOT_DIR) {
+        dirs.push(PathBuf::from(ROOT_DIR));
+    }
+    let entries = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten();
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();

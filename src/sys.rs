@@ -62,7 +62,8 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
 /// Creates `name` in `dir` with `O_CREAT|O_EXCL` (the Dovecot dotlock create), mode 0666 minus
 /// the umask.
 pub fn create_excl_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
-    openat(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+    // Read-write: the holder reads its lock back to see that nobody rewrote it in place.
+    openat(dir, name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL)
 }
 
 static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);

@@ -97,6 +97,20 @@ fn status_shows_each_view_its_unlocked_accounts_and_live_counters() {
     ] {
         assert!(json.contains(want), "{want} not in {json}");
     }
+    // Another user sees root's view as serving too: the state files are world-readable and
+    // `flock` needs no write access.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .args(["status", &mnt])
+        .output()
+        .expect("run setpriv");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("2 accounts, 3 mailboxes, 3 messages"),
+        "{said}"
+    );
     // A path that is not a view is an error naming it.
     let (code, text) = status(&[fx.src().to_str().unwrap()]);
     assert_eq!(code, 1);

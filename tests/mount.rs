@@ -436,24 +436,26 @@ fn all_locks_of_an_account_are_held_at_once_and_touched() {
 }
 
 #[test]
-fn sigterm_during_capture_releases_every_lock() {
+fn sigterm_or_sigint_during_capture_releases_every_lock() {
     if !fuse_available() {
         return;
     }
-    let fx = Fixture::new("sigcap");
-    fx.mailbox("Maildir");
-    fx.mailbox("Maildir/.Sent");
-    let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
-    let child = spawn_mount(&fx, &[], &[("MAILDIRFS_TEST_HOLD_MS", "5000")]);
-    let server = wait_for_lock(&lock);
-    signal(server, "-TERM");
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
-    assert!(wait_gone(server, Duration::from_secs(5)));
-    assert!(lock_files(&fx.src()).is_empty(), "locks left after SIGTERM");
-    assert!(!is_mounted(&fx.mnt()));
+    for sig in ["-TERM", "-INT"] {
+        let fx = Fixture::new("sigcap");
+        fx.mailbox("Maildir");
+        fx.mailbox("Maildir/.Sent");
+        let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
+        let child = spawn_mount(&fx, &[], &[("MAILDIRFS_TEST_HOLD_MS", "5000")]);
+        let server = wait_for_lock(&lock);
+        signal(server, sig);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{sig}: {err}");
+        assert!(err.contains("interrupted"), "{sig}: {err}");
+        assert!(wait_gone(server, Duration::from_secs(5)));
+        assert!(lock_files(&fx.src()).is_empty(), "locks left after {sig}");
+        assert!(!is_mounted(&fx.mnt()));
+    }
 }
 
 #[test]

@@ -291,6 +291,39 @@ fn a_lock_overridden_during_capture_is_detected_and_the_account_captured_again()
 }
 
 #[test]
+fn a_lock_rewritten_in_place_during_capture_is_detected_and_left_to_its_writer() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("sec-rewrite");
+    fx.mailbox("Maildir");
+    let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
+    let log = fx.dir.join("log");
+    let log_arg = log.to_string_lossy().into_owned();
+    let child = spawn_mount(
+        &fx,
+        &["--lock-timeout", "2", "--log-file", &log_arg],
+        &[("MAILDIRFS_TEST_HOLD_MS", "1000")],
+    );
+    let ours = wait_for_lock(&lock);
+    // Someone writes their own pid into our lock file, in place: the same inode.
+    let ino = std::fs::metadata(&lock).unwrap().ino();
+    let theirs = format!("{}:{}", std::process::id(), hostname());
+    std::fs::write(&lock, &theirs).unwrap();
+    assert_eq!(std::fs::metadata(&lock).unwrap().ino(), ino);
+    assert_ne!(ours, std::process::id() as i32);
+    let out = child.wait_with_output().unwrap();
+    let _guard = Mounted::adopt(fx.mnt());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("was overridden during capture"), "{logged}");
+    assert!(err.contains("WITHOUT lock"), "{err}");
+    // Theirs now: never removed by us.
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), theirs);
+}
+
+#[test]
 fn lock_host_is_written_into_the_locks() {
     if !fuse_available() {
         return;
