@@ -162,15 +162,26 @@ impl Freezer<'_> {
                 return Err(Error::io("cannot open source", self.source, e));
             }
             Err(e) => {
-                log::warn!("cannot open {}: {e}; shown empty", self.show(&p.rel));
                 self.report.unreadable.push(p.rel.clone());
-                self.builder.add_children(p.node, Vec::new());
+                if let Role::Messages { mailbox, cur } = &p.role {
+                    // Made unreadable, or swapped for a symlink, since the listing: what was
+                    // pinned under the lock is still the captured files.
+                    log::warn!(
+                        "cannot open {}: {e}; showing only the messages pinned under the lock",
+                        self.show(&p.rel)
+                    );
+                    let (mailbox, cur) = (mailbox.clone(), *cur);
+                    self.fill_messages(&p, None, &mailbox, cur);
+                } else {
+                    log::warn!("cannot open {}: {e}; shown empty", self.show(&p.rel));
+                    self.builder.add_children(p.node, Vec::new());
+                }
                 return Ok(Vec::new());
             }
         };
         match p.role.clone() {
             Role::Messages { mailbox, cur } => {
-                self.fill_messages(&p, fd.as_fd(), &mailbox, cur);
+                self.fill_messages(&p, Some(fd.as_fd()), &mailbox, cur);
                 Ok(Vec::new())
             }
             _ => self.fill_plain(p, fd.as_fd()),
@@ -412,8 +423,16 @@ impl Freezer<'_> {
         })
     }
 
-    /// Adds the messages of a `cur/` or `new/` as listed (and pinned) under the lock.
-    fn fill_messages(&mut self, p: &Pending, dir: BorrowedFd<'_>, mailbox: &Path, cur: bool) {
+    /// Adds the messages of a `cur/` or `new/` as listed (and pinned) under the lock; `dir` is
+    /// that directory now, `None` when it can no longer be opened (then only pinned messages
+    /// are shown).
+    fn fill_messages(
+        &mut self,
+        p: &Pending,
+        dir: Option<BorrowedFd<'_>>,
+        mailbox: &Path,
+        cur: bool,
+    ) {
         let listed = match self.mailboxes.get_mut(mailbox) {
             Some(m) if cur => std::mem::take(&mut m.cur),
             Some(m) => std::mem::take(&mut m.new),
@@ -427,9 +446,9 @@ impl Freezer<'_> {
             let name = l.name;
             let kind = match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => NewKind::File(NewContent::Message),
-                libc::S_IFLNK => match sys::readlink_at(dir, OsStr::from_bytes(&name)) {
-                    Ok(t) => NewKind::Symlink(t),
-                    Err(_) => continue,
+                libc::S_IFLNK => match dir.map(|d| sys::readlink_at(d, OsStr::from_bytes(&name))) {
+                    Some(Ok(t)) => NewKind::Symlink(t),
+                    _ => continue,
                 },
                 _ => {
                     self.report.special_files += 1;
@@ -456,7 +475,7 @@ impl Freezer<'_> {
     fn message_stat(
         &mut self,
         p: &Pending,
-        dir: BorrowedFd<'_>,
+        dir: Option<BorrowedFd<'_>>,
         mailbox: &Path,
         l: &mut Listed,
     ) -> Option<(sys::Stat, Option<OwnedFd>)> {
@@ -469,6 +488,8 @@ impl Freezer<'_> {
             // The name was replaced between listing and pinning: not the listed file.
             self.budget.release();
         }
+        // Without the directory, an unpinned message cannot be reached.
+        let dir = dir?;
         let path = p.rel.join(OsStr::from_bytes(&l.name));
         // Not pinned under the lock (over budget then, or the name was replaced): pin now if
         // it is still the listed inode, and take the attributes through the pin.

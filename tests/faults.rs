@@ -136,6 +136,40 @@ fn mailbox_made_unreadable_after_capture_fails_reads_and_keeps_serving() {
 }
 
 #[test]
+fn cur_made_unreadable_between_listing_and_freeze_shows_what_was_pinned() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("faults-midway");
+    fx.mailbox("alice/Maildir");
+    fx.write("alice/Maildir/cur/1.a:2,S", b"alice's\n");
+    // The locks stay held 1.5 s after the listing and the pinning; cur/ is closed meanwhile.
+    let mut cmd = std::process::Command::new(NO_DAC[0]);
+    cmd.args(&NO_DAC[1..])
+        .arg(bin())
+        .arg("mount")
+        .arg(fx.src())
+        .arg(fx.mnt())
+        .env("MAILDIRFS_TEST_HOLD_MS", "1500")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    wait_for_lock(&fx.src().join("alice/Maildir/dovecot-uidlist.lock"));
+    let cur = fx.src().join("alice/Maildir/cur");
+    chmod(&cur, 0o000);
+    let out = child.wait_with_output().unwrap();
+    let m = Mounted::adopt(fx.mnt());
+    chmod(&cur, 0o755);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("1 directories or files UNREADABLE"), "{err}");
+    assert_eq!(
+        std::fs::read(m.mnt.join("alice/Maildir/cur/1.a:2,S")).unwrap(),
+        b"alice's\n"
+    );
+}
+
+#[test]
 fn eio_under_a_pinned_file_reaches_the_reader_and_is_logged() {
     if !fuse_available() {
         return;

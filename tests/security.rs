@@ -112,6 +112,46 @@ fn mailbox_swapped_for_a_symlink_after_capture_serves_nothing_outside() {
 }
 
 #[test]
+fn cur_swapped_for_a_symlink_between_listing_and_freeze_is_shown_as_a_symlink() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("sec-midswap");
+    fx.mailbox("Maildir");
+    fx.write("Maildir/cur/1.M1P1.host:2,S", b"captured\n");
+    let outside = outside_with_secret(&fx);
+    // The locks stay held 1.5 s after the listing (and the pinning): swap cur/ meanwhile,
+    // before freeze walks the tree.
+    let child = spawn_mount(&fx, &[], &[("MAILDIRFS_TEST_HOLD_MS", "1500")]);
+    wait_for_lock(&fx.src().join("Maildir/dovecot-uidlist.lock"));
+    let mb = fx.src().join("Maildir");
+    std::fs::rename(mb.join("cur"), mb.join("cur.moved")).unwrap();
+    std::os::unix::fs::symlink(outside.join("cur"), mb.join("cur")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let m = Mounted::adopt(fx.mnt());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Freeze finds a symlink where cur/ was: shown as a symlink (its text only), like any
+    // symlink a user plants; the moved directory and the message in it are there.
+    let cur = m.mnt.join("Maildir/cur");
+    assert!(
+        std::fs::symlink_metadata(&cur)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_link(&cur).unwrap(), outside.join("cur"));
+    assert_eq!(
+        std::fs::read(m.mnt.join("Maildir/cur.moved/1.M1P1.host:2,S")).unwrap(),
+        b"captured\n"
+    );
+    // No file the view serves holds the outside's bytes.
+    for (rel, seen) in tree(&m.mnt, true) {
+        assert_ne!(seen.bytes.as_deref(), Some(&b"SECRET\n"[..]), "{rel:?}");
+    }
+}
+
+#[test]
 fn dotdot_absolute_and_symlinked_paths_cannot_leave_source() {
     let fx = Fixture::new("sec-beneath");
     fx.mailbox("Maildir");
