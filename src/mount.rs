@@ -338,21 +338,23 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
 
     let progress = capture::Progress::default();
     let mut sink = notifier.progress_sink(opts.progress);
-    let capturing = std::sync::atomic::AtomicBool::new(true);
     let started = Instant::now();
     let captured = std::thread::scope(|s| {
+        // Dropping `done` wakes the progress thread at once: the capture never waits for it.
+        let (done, finished) = std::sync::mpsc::channel::<()>();
         if let Some(sink) = sink.as_mut() {
-            let (progress, capturing) = (&progress, &capturing);
+            let progress = &progress;
             s.spawn(move || {
-                while capturing.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(PROGRESS_INTERVAL);
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(PROGRESS_INTERVAL)
+                {
                     sink.send(&progress.line(started.elapsed()));
                 }
                 sink.finish();
             });
         }
         let c = capture_tree_with(&checked.source_fd, &checked.source, opts, &progress);
-        capturing.store(false, std::sync::atomic::Ordering::Relaxed);
+        drop(done);
         c
     })?;
     drop(sink);
