@@ -3,14 +3,15 @@
 //!
 //!     cargo run --example gen_man [DIR]
 //!
-//! `tests/man.rs` renders them again and fails when the committed pages are out of date.
+//! `tests/man.rs` includes this file, renders the pages again and fails when the committed
+//! ones are out of date.
 
 use std::path::PathBuf;
 
 use clap::CommandFactory;
 
 /// Every page: (file name, roff text).
-fn pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+pub fn pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let cmd = maildirfs::cli::Cli::command();
     let mut out = Vec::new();
     let mut buf = Vec::new();

@@ -1,28 +1,14 @@
 //! The committed man pages are what the clap definition renders now.
 
-use std::process::Command;
+#[allow(dead_code)]
+#[path = "../examples/gen_man.rs"]
+mod gen_man;
 
 #[test]
 fn man_pages_are_up_to_date() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = std::env::temp_dir().join(format!("maildirfs-man-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    // The example is built by `cargo test --all-targets` (scripts/test); find it beside us.
-    let exe = std::env::current_exe().unwrap();
-    let gen_man = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("examples/gen_man"))
-        .unwrap();
-    let status = Command::new(&gen_man)
-        .arg(&out)
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", gen_man.display()));
-    assert!(status.status.success());
-    let mut names: Vec<String> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let pages = gen_man::pages().unwrap();
+    let mut names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
     names.sort();
     assert_eq!(
         names,
@@ -34,15 +20,13 @@ fn man_pages_are_up_to_date() {
             "maildirfs.1"
         ]
     );
-    for n in &names {
-        let fresh = std::fs::read(out.join(n)).unwrap();
-        let committed = std::fs::read(format!("{root}/docs/man/{n}")).unwrap_or_default();
+    for (name, fresh) in &pages {
+        let committed = std::fs::read(format!("{root}/docs/man/{name}")).unwrap_or_default();
         assert!(
-            fresh == committed,
-            "docs/man/{n} is out of date: run `cargo run --example gen_man`"
+            *fresh == committed,
+            "docs/man/{name} is out of date: run `cargo run --example gen_man`"
         );
     }
-    let _ = std::fs::remove_dir_all(&out);
     // The pages name the defaults `--help` names.
     let mount =
         String::from_utf8(std::fs::read(format!("{root}/docs/man/maildirfs-mount.1")).unwrap())
