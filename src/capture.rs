@@ -84,8 +84,9 @@ pub struct MailboxCapture {
     pub settled: bool,
     /// Time spent pinning the listed files (part of the lock hold when locked).
     pub pin_time: Duration,
-    /// `cur/` or `new/` that could not be opened (permissions): shown empty, and reported.
-    pub unreadable: Vec<PathBuf>,
+    /// `cur` or `new` when that directory could not be opened (permissions): listed as empty,
+    /// and reported.
+    pub unreadable: Vec<&'static [u8]>,
 }
 
 /// What was captured of one account.
@@ -529,21 +530,22 @@ pub fn current_names(
 fn open_messages_dir(
     mailbox: BorrowedFd<'_>,
     path: &Path,
-    sub: &[u8],
-    unreadable: &mut Vec<PathBuf>,
+    sub: &'static [u8],
+    unreadable: &mut Vec<&'static [u8]>,
 ) -> Result<Option<OwnedFd>> {
-    let at = path.join(OsStr::from_bytes(sub));
     match sys::open_dir_at(mailbox, OsStr::from_bytes(sub)) {
         Ok(fd) => Ok(Some(fd)),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-            Err(Error::io("cannot open", at, e))
-        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Err(Error::io(
+            "cannot open",
+            path.join(OsStr::from_bytes(sub)),
+            e,
+        )),
         Err(e) => {
             log::warn!(
                 "cannot open {}: {e}; shown empty",
-                crate::error::escape_path(&at)
+                crate::error::escape_path(&path.join(OsStr::from_bytes(sub)))
             );
-            unreadable.push(at);
+            unreadable.push(sub);
             Ok(None)
         }
     }

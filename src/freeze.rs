@@ -43,6 +43,17 @@ pub struct FreezeReport {
     pub unreadable: Vec<PathBuf>,
 }
 
+impl FreezeReport {
+    /// Records the `cur/` and `new/` that the capture of the mailbox at `rel` could not open.
+    fn add_unreadable_of(&mut self, rel: &Path, m: &MailboxCapture) {
+        self.unreadable.extend(
+            m.unreadable
+                .iter()
+                .map(|sub| rel.join(OsStr::from_bytes(sub))),
+        );
+    }
+}
+
 /// Builds the snapshot of the tree at `root` (SOURCE, path `source`) from the accounts'
 /// captures.
 pub fn freeze(
@@ -61,10 +72,8 @@ pub fn freeze(
     let mut mailboxes: HashMap<PathBuf, MailboxCapture> = HashMap::new();
     let mut report = FreezeReport::default();
     for a in captures {
-        for m in a.mailboxes.values() {
-            report
-                .unreadable
-                .extend(m.unreadable.iter().map(|p| rel_to(source, p)));
+        for (rel, m) in &a.mailboxes {
+            report.add_unreadable_of(rel, m);
         }
         mailboxes.extend(a.mailboxes);
     }
@@ -203,8 +212,7 @@ impl Freezer<'_> {
         };
         // With --include/--exclude, a directory only on the way to selected paths holds just
         // that way down: its subdirectories that are shown or lead to shown ones.
-        let only_the_way =
-            !self.selection.is_all() && self.selection.visibility(&p.rel) == Visibility::Ancestor;
+        let only_the_way = self.selection.visibility(&p.rel) == Visibility::Ancestor;
         let mut mailbox = !only_the_way && is_mailbox(dir, &entries);
         if mailbox && !self.mailboxes.contains_key(&p.rel) {
             // Created after discovery: capture it now, without a lock.
@@ -214,9 +222,7 @@ impl Freezer<'_> {
             );
             match capture::capture_mailbox(dir, &self.source.join(&p.rel), self.budget) {
                 Ok(m) => {
-                    self.report
-                        .unreadable
-                        .extend(m.unreadable.iter().map(|u| rel_to(self.source, u)));
+                    self.report.add_unreadable_of(&p.rel, &m);
                     self.mailboxes.insert(p.rel.clone(), m);
                     self.report.late_mailboxes.push(p.rel.clone());
                 }
@@ -555,11 +561,6 @@ impl Freezer<'_> {
     fn show(&self, rel: &Path) -> String {
         escape_path(&self.source.join(rel))
     }
-}
-
-/// `path` (SOURCE joined with a relative path) relative to SOURCE again.
-fn rel_to(source: &Path, path: &Path) -> PathBuf {
-    path.strip_prefix(source).unwrap_or(path).to_path_buf()
 }
 
 /// The captured attributes of a `stat`.

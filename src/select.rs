@@ -52,6 +52,9 @@ impl Selection {
 
     /// Where `rel` (relative to SOURCE; empty for SOURCE itself) stands.
     pub fn visibility(&self, rel: &Path) -> Visibility {
+        if self.is_all() {
+            return Visibility::Shown;
+        }
         let comps: Vec<&[u8]> = rel
             .components()
             .filter_map(|c| match c {

@@ -105,10 +105,7 @@ fn dovecot_waits_for_our_locks_and_deliveries_do_not() {
         "doveadm move did not wait for our lock"
     );
     let out = mount.join().unwrap();
-    let _guard = Mounted {
-        mnt: fx.mnt(),
-        stderr: String::new(),
-    };
+    let _guard = Mounted::adopt(fx.mnt());
     assert!(
         out.status.success(),
         "{}",

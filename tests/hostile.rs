@@ -178,10 +178,7 @@ fn a_read_only_source_is_captured_without_locks_and_says_why() {
     let _unbind = Unbind(ro.clone());
     let mnt = fx.mnt();
     let out = run(&[OsStr::new("mount"), ro.as_os_str(), mnt.as_os_str()], &[]);
-    let _guard = Mounted {
-        mnt: mnt.clone(),
-        stderr: String::new(),
-    };
+    let _guard = Mounted::adopt(mnt.clone());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(

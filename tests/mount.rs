@@ -425,10 +425,7 @@ fn all_locks_of_an_account_are_held_at_once_and_touched() {
             .unwrap_or(true)
     }));
     let status = child.wait().unwrap();
-    let _guard = Mounted {
-        mnt: mnt.clone(),
-        stderr: String::new(),
-    };
+    let _guard = Mounted::adopt(mnt.clone());
     assert!(status.success());
     for l in &locks {
         assert!(!l.exists(), "{} left behind", l.display());
@@ -501,10 +498,7 @@ fn mount_returns_only_when_ready_and_holds_no_caller_pipes() {
         let _ = tx.send(out);
     });
     let out = rx.recv_timeout(Duration::from_secs(30));
-    let _guard = Mounted {
-        mnt: mnt.clone(),
-        stderr: String::new(),
-    };
+    let _guard = Mounted::adopt(mnt.clone());
     let out = out
         .expect("mount with piped output did not return")
         .unwrap();

@@ -295,47 +295,14 @@ fn sigkill_during_capture_leaves_a_dead_pid_lock_that_the_next_run_clears() {
     assert!(lock_files(&fx.src()).is_empty());
 }
 
-#[test]
-fn a_lock_overridden_during_capture_is_detected_and_the_account_captured_again() {
+/// Mounts with the locks held 1 s after the listing; meanwhile `take_over(lock, theirs)` makes
+/// the lock someone else's. maildirfs must notice, capture the account again (without the
+/// lock, since the other holder stays), and leave their lock alone.
+fn lock_taken_over_during_capture(tag: &str, take_over: impl FnOnce(&Path, &str)) {
     if !fuse_available() {
         return;
     }
-    let fx = Fixture::new("sec-override");
-    fx.mailbox("Maildir");
-    let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
-    let log = fx.dir.join("log");
-    let log_arg = log.to_string_lossy().into_owned();
-    let child = spawn_mount(
-        &fx,
-        &["--lock-timeout", "2", "--log-file", &log_arg],
-        &[("MAILDIRFS_TEST_HOLD_MS", "1000")],
-    );
-    wait_for_lock(&lock);
-    // Someone overrides our lock while we hold it: a live holder (this test) takes it over.
-    let theirs = format!("{}:{}", std::process::id(), hostname());
-    std::fs::remove_file(&lock).unwrap();
-    std::fs::write(&lock, &theirs).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let _guard = Mounted {
-        mnt: fx.mnt(),
-        stderr: String::new(),
-    };
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    // Detected, captured again, and since the new holder stays, captured without the lock.
-    let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(logged.contains("was overridden during capture"), "{logged}");
-    assert!(err.contains("WITHOUT lock"), "{err}");
-    // Their lock is theirs: never removed.
-    assert_eq!(std::fs::read_to_string(&lock).unwrap(), theirs);
-}
-
-#[test]
-fn a_lock_rewritten_in_place_during_capture_is_detected_and_left_to_its_writer() {
-    if !fuse_available() {
-        return;
-    }
-    let fx = Fixture::new("sec-rewrite");
+    let fx = Fixture::new(tag);
     fx.mailbox("Maildir");
     let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
     let log = fx.dir.join("log");
@@ -346,12 +313,10 @@ fn a_lock_rewritten_in_place_during_capture_is_detected_and_left_to_its_writer()
         &[("MAILDIRFS_TEST_HOLD_MS", "1000")],
     );
     let ours = wait_for_lock(&lock);
-    // Someone writes their own pid into our lock file, in place: the same inode.
-    let ino = std::fs::metadata(&lock).unwrap().ino();
-    let theirs = format!("{}:{}", std::process::id(), hostname());
-    std::fs::write(&lock, &theirs).unwrap();
-    assert_eq!(std::fs::metadata(&lock).unwrap().ino(), ino);
     assert_ne!(ours, std::process::id() as i32);
+    // A live holder (this test) on this host.
+    let theirs = format!("{}:{}", std::process::id(), hostname());
+    take_over(&lock, &theirs);
     let out = child.wait_with_output().unwrap();
     let _guard = Mounted::adopt(fx.mnt());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -359,8 +324,27 @@ fn a_lock_rewritten_in_place_during_capture_is_detected_and_left_to_its_writer()
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("was overridden during capture"), "{logged}");
     assert!(err.contains("WITHOUT lock"), "{err}");
-    // Theirs now: never removed by us.
+    // Their lock is theirs: never removed.
     assert_eq!(std::fs::read_to_string(&lock).unwrap(), theirs);
+}
+
+#[test]
+fn a_lock_overridden_during_capture_is_detected_and_the_account_captured_again() {
+    // Dovecot's way: remove the lock and create a new one.
+    lock_taken_over_during_capture("sec-override", |lock, theirs| {
+        std::fs::remove_file(lock).unwrap();
+        std::fs::write(lock, theirs).unwrap();
+    });
+}
+
+#[test]
+fn a_lock_rewritten_in_place_during_capture_is_detected_and_left_to_its_writer() {
+    // Their pid written into our file: the same inode.
+    lock_taken_over_during_capture("sec-rewrite", |lock, theirs| {
+        let ino = std::fs::metadata(lock).unwrap().ino();
+        std::fs::write(lock, theirs).unwrap();
+        assert_eq!(std::fs::metadata(lock).unwrap().ino(), ino);
+    });
 }
 
 #[test]
@@ -379,10 +363,7 @@ fn lock_host_is_written_into_the_locks() {
     wait_for_lock(&lock);
     let content = std::fs::read_to_string(&lock).unwrap();
     let out = child.wait_with_output().unwrap();
-    let _guard = Mounted {
-        mnt: fx.mnt(),
-        stderr: String::new(),
-    };
+    let _guard = Mounted::adopt(fx.mnt());
     assert!(out.status.success());
     assert!(content.ends_with(":maildirfs.backup"), "{content}");
     assert!(!lock.exists());
