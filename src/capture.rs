@@ -12,6 +12,14 @@
 //!
 //! Everything else (stat, reading other files) happens in `freeze` after the locks are gone.
 //!
+//! What an account's owner can plant cannot hurt the capture: control files are opened
+//! `O_NONBLOCK|O_NOFOLLOW` and taken only when they are regular files; at most
+//! [`ACCOUNT_CONTROL_BYTES`] of them are held in memory per account, and any but
+//! `dovecot-uidlist` at most [`CONTROL_FILE_BYTES`] each; a `dovecot-uidlist` beyond what is
+//! left is pinned and served from its pin at its captured length. Every operation under the
+//! locks beats the account's [`Watch`], so a hung one is seen, and its locks released, by the
+//! watchdog (`watch.rs`).
+//!
 //! Invariant: when `capture_account` returns, none of its locks is held.
 
 use std::collections::HashMap;
@@ -30,6 +38,16 @@ use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
 use crate::pin::PinBudget;
 use crate::sys;
+use crate::watch::Watch;
+
+/// The most control-file bytes one account holds in memory (the sum over its mailboxes).
+/// Real control files are a few KB; a `dovecot-uidlist` of a million messages is about 100 MB,
+/// and is pinned instead once it does not fit.
+pub const ACCOUNT_CONTROL_BYTES: usize = 16 << 20;
+
+/// The largest control file other than `dovecot-uidlist` that is captured (keywords,
+/// subscriptions, ACLs are a few KB); a larger one is left out of the image with a warning.
+pub const CONTROL_FILE_BYTES: usize = 1 << 20;
 
 /// How many times a mailbox is listed before the listing check gives up and keeps the union.
 pub const MAX_LISTINGS: usize = 4;
@@ -66,12 +84,54 @@ pub struct Listed {
     pub pin: Option<OwnedFd>,
 }
 
-/// A control file as read under the lock.
-#[derive(Debug, Clone)]
+/// A control file as captured under the lock.
+#[derive(Debug)]
 pub struct ControlFile {
     pub name: Vec<u8>,
-    pub bytes: Arc<[u8]>,
+    pub content: ControlContent,
+    /// The file's `fstat` when captured; for a pinned one, its size is the captured length.
     pub stat: sys::Stat,
+}
+
+/// Where a control file's captured bytes are.
+#[derive(Debug)]
+pub enum ControlContent {
+    /// Read into memory.
+    Inline(Arc<[u8]>),
+    /// A `dovecot-uidlist` too large for the account's memory cap: the fd it was opened with
+    /// under the lock (a readable pin), served up to the captured size. It joins the pin
+    /// budget when freeze places it in the image (`PinBudget::adopt`).
+    Pinned(OwnedFd),
+}
+
+/// Why a control file is not in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftOut {
+    /// Not a regular file (FIFO, socket, device, directory).
+    Special,
+    /// Larger than [`CONTROL_FILE_BYTES`], or than what was left of the account's
+    /// [`ACCOUNT_CONTROL_BYTES`].
+    TooLarge,
+}
+
+/// What is left of an account's [`ACCOUNT_CONTROL_BYTES`].
+#[derive(Debug)]
+pub struct ControlBudget {
+    left: usize,
+}
+
+impl ControlBudget {
+    pub fn new() -> ControlBudget {
+        ControlBudget {
+            left: ACCOUNT_CONTROL_BYTES,
+        }
+    }
+}
+
+impl Default for ControlBudget {
+    fn default() -> ControlBudget {
+        ControlBudget::new()
+    }
 }
 
 /// What was captured of one mailbox.
@@ -87,6 +147,8 @@ pub struct MailboxCapture {
     /// `cur` or `new` when that directory could not be opened (permissions): listed as empty,
     /// and reported.
     pub unreadable: Vec<&'static [u8]>,
+    /// Control files left out of the image, by name, and why.
+    pub left_out: Vec<(&'static [u8], LeftOut)>,
 }
 
 /// What was captured of one account.
@@ -109,15 +171,31 @@ pub struct Progress {
     pub accounts_total: AtomicUsize,
     pub accounts_done: AtomicUsize,
     pub messages: AtomicUsize,
+    /// The accounts being captured now, with when each started. Protected by this mutex.
+    running: parking_lot::Mutex<Vec<(PathBuf, Instant)>>,
 }
 
 impl Progress {
-    /// `accounts 12/40, 30000 messages, 1.2 s, 25000 messages/s`.
+    /// `accounts 12/40, 30000 messages, 1.2 s, 25000 messages/s; now example.org/alice (0.3 s)`,
+    /// naming the account that has been capturing longest, so that a stuck one shows.
     pub fn line(&self, elapsed: Duration) -> String {
         let messages = self.messages.load(Ordering::Relaxed);
         let secs = elapsed.as_secs_f64();
+        let now = self
+            .running
+            .lock()
+            .iter()
+            .min_by_key(|(_, since)| *since)
+            .map(|(account, since)| {
+                format!(
+                    "; now {} ({:.1} s)",
+                    crate::error::escape_path(account),
+                    since.elapsed().as_secs_f64()
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "capturing: accounts {}/{}, {} messages, {:.1} s, {:.0} messages/s",
+            "capturing: accounts {}/{}, {} messages, {:.1} s, {:.0} messages/s{now}",
             self.accounts_done.load(Ordering::Relaxed),
             self.accounts_total.load(Ordering::Relaxed),
             messages,
@@ -128,6 +206,21 @@ impl Progress {
                 0.0
             }
         )
+    }
+
+    /// An account's capture has started (`shown`: its path as the admin knows it).
+    pub fn started(&self, shown: &Path) {
+        self.running
+            .lock()
+            .push((shown.to_path_buf(), Instant::now()));
+    }
+
+    /// An account's capture has ended, however.
+    pub fn finished(&self, shown: &Path) {
+        let mut running = self.running.lock();
+        if let Some(i) = running.iter().position(|(a, _)| a == shown) {
+            running.swap_remove(i);
+        }
     }
 
     /// Counts one account captured.
@@ -155,15 +248,18 @@ fn cancelled(source: &Path) -> Result<()> {
 /// Captures one account. `root` is an fd on SOURCE and `source` its path (for messages). The
 /// caller grows the fd table for the pins first (`PinBudget::reserve_table` with
 /// [`expected_entries_all`]), as `mount::capture_tree` does for all accounts at once.
+/// `watch` is beaten after every operation; once the watchdog revokes it, the capture's locks
+/// are gone and it ends with an error as soon as it can.
 pub fn capture_account(
     root: BorrowedFd<'_>,
     source: &Path,
     account: &Account,
     policy: &LockPolicy,
     budget: &PinBudget,
+    watch: &Watch,
 ) -> Result<AccountCapture> {
     let held = budget.hold(account.mailboxes.len() + 2);
-    let result = capture_account_with(root, source, account, policy, budget);
+    let result = capture_account_with(root, source, account, policy, budget, watch);
     budget.unhold(held);
     result
 }
@@ -174,11 +270,28 @@ fn capture_account_with(
     account: &Account,
     policy: &LockPolicy,
     budget: &PinBudget,
+    watch: &Watch,
 ) -> Result<AccountCapture> {
     // Open every mailbox directory once; the locks and listings all go through these fds.
     let mut dirs = Vec::with_capacity(account.mailboxes.len());
+    let account_fd = sys::open_beneath(
+        root,
+        account.root.as_os_str(),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    );
     for rel in &account.mailboxes {
-        match sys::open_beneath(root, rel.as_os_str(), libc::O_RDONLY | libc::O_DIRECTORY) {
+        // Relative to the account's root where it could be opened: a mailbox deep below it is
+        // not resolved from SOURCE again.
+        let opened = match (&account_fd, rel.strip_prefix(&account.root)) {
+            (Ok(base), Ok(below)) => sys::open_beneath(
+                base.as_fd(),
+                below.as_os_str(),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            ),
+            _ => sys::open_beneath(root, rel.as_os_str(), libc::O_RDONLY | libc::O_DIRECTORY),
+        };
+        watch.beat();
+        match opened {
             Ok(fd) => dirs.push((rel.clone(), Arc::new(fd))),
             Err(e) => log::warn!(
                 "mailbox {} vanished before capture: {e}",
@@ -186,8 +299,9 @@ fn capture_account_with(
             ),
         }
     }
+    drop(account_fd);
     if !policy.one_mailbox_at_a_time {
-        return capture_set(&dirs, source, account, policy, budget);
+        return capture_set(&dirs, source, account, policy, budget, watch);
     }
     // Diagnostic mode: each mailbox under its own lock, one after another, with the test hold
     // as a gap between them.
@@ -197,7 +311,14 @@ fn capture_account_with(
             test_hold: Duration::ZERO,
             ..policy.clone()
         };
-        let part = capture_set(std::slice::from_ref(dir), source, account, &solo, budget)?;
+        let part = capture_set(
+            std::slice::from_ref(dir),
+            source,
+            account,
+            &solo,
+            budget,
+            watch,
+        )?;
         match whole.as_mut() {
             None => whole = Some(part),
             Some(w) => {
@@ -206,7 +327,7 @@ fn capture_account_with(
                 w.unlocked = w.unlocked.take().or(part.unlocked);
             }
         }
-        hold_for_test(policy.test_hold, source)?;
+        hold_for_test(policy.test_hold, source, watch)?;
     }
     whole.ok_or_else(|| {
         Error::msg(
@@ -224,6 +345,7 @@ fn capture_set(
     account: &Account,
     policy: &LockPolicy,
     budget: &PinBudget,
+    watch: &Watch,
 ) -> Result<AccountCapture> {
     let deadline = Instant::now() + policy.timeout;
     let content = lock_content(policy.lock_host.as_deref());
@@ -232,14 +354,30 @@ fn capture_set(
     let mut why_unlocked: Option<String> = policy.no_lock.then(|| "--no-lock given".to_owned());
     while why_unlocked.is_none() {
         cancelled(source)?;
-        match lock_all(dirs, source, &content) {
+        stalled(source, account, watch)?;
+        match lock_all(dirs, source, &content, watch) {
             Ok(LockRound::All(locks)) => {
                 let started = Instant::now();
-                let listed = list_all(dirs, source, budget);
+                let listed = list_all(dirs, source, budget, watch);
                 if !policy.test_hold.is_zero() {
-                    hold_for_test(policy.test_hold, source)?;
+                    hold_for_test(policy.test_hold, source, watch)?;
                 }
-                let lost: Vec<&UidlistLock> = locks.iter().filter(|l| !l.is_ours()).collect();
+                if watch.revoked() {
+                    // The watchdog released the locks while an operation hung: whatever was
+                    // listed is not of one locked instant.
+                    drop(locks);
+                    if let Ok(m) = listed {
+                        release_pins(m, budget);
+                    }
+                    return Err(stall_error(source, account));
+                }
+                let lost: Vec<&UidlistLock> = locks
+                    .iter()
+                    .filter(|l| {
+                        watch.beat();
+                        !l.is_ours()
+                    })
+                    .collect();
                 if let Some(l) = lost.first() {
                     log::warn!(
                         "lock {} was overridden during capture; capturing the account again",
@@ -251,13 +389,13 @@ fn capture_set(
                             crate::error::escape_path(l.path())
                         ));
                     }
-                    drop(locks);
+                    release_each(locks, watch);
                     // Give back the budget of the discarded capture's pins.
                     if let Ok(m) = listed {
                         release_pins(m, budget);
                     }
                 } else {
-                    drop(locks);
+                    release_each(locks, watch);
                     let lock_hold = started.elapsed();
                     let mailboxes = listed?;
                     return Ok(AccountCapture {
@@ -278,7 +416,12 @@ fn capture_set(
                     ));
                 }
             }
-            Err(e) => why_unlocked = Some(e.to_string()),
+            Err(e) => {
+                // A stop signal refuses new locks; that is no reason to capture without them.
+                cancelled(source)?;
+                stalled(source, account, watch)?;
+                why_unlocked = Some(e.to_string());
+            }
         }
         if why_unlocked.is_none() {
             // Release-all, then back off with jitter so two lockers do not stay in step.
@@ -286,6 +429,7 @@ fn capture_set(
                 .around(backoff)
                 .min(deadline.saturating_duration_since(Instant::now()));
             std::thread::sleep(sleep);
+            watch.beat();
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
@@ -300,7 +444,8 @@ fn capture_set(
             crate::error::escape_path(&where_)
         );
     }
-    let mailboxes = list_all(dirs, source, budget)?;
+    let mailboxes = list_all(dirs, source, budget, watch)?;
+    stalled(source, account, watch)?;
     Ok(AccountCapture {
         root: account.root.clone(),
         pin_time: mailboxes.values().map(|m| m.pin_time).sum(),
@@ -308,6 +453,22 @@ fn capture_set(
         unlocked: Some(why),
         lock_hold: Duration::ZERO,
     })
+}
+
+/// The error of a capture the watchdog gave up on.
+fn stall_error(source: &Path, account: &Account) -> Error {
+    Error::msg(
+        "capture stalled",
+        source.join(&account.root),
+        "an operation under its locks hung; locks released",
+    )
+}
+
+fn stalled(source: &Path, account: &Account, watch: &Watch) -> Result<()> {
+    if watch.revoked() {
+        return Err(stall_error(source, account));
+    }
+    Ok(())
 }
 
 /// A generous estimate of how many entries a mailbox's `cur/` and `new/` hold, from their
@@ -341,12 +502,52 @@ enum LockRound {
     Busy(String),
 }
 
-/// One round: try-lock every mailbox in order; on the first busy one, release all.
-fn lock_all(dirs: &[(PathBuf, Arc<OwnedFd>)], source: &Path, content: &str) -> Result<LockRound> {
+/// One round: try-lock every mailbox in order; on the first busy one, release all. Each lock
+/// taken is shown to `watch` at once, so the watchdog can release it if a later try hangs.
+fn lock_all(
+    dirs: &[(PathBuf, Arc<OwnedFd>)],
+    source: &Path,
+    content: &str,
+    watch: &Watch,
+) -> Result<LockRound> {
     let mut held = Vec::with_capacity(dirs.len());
+    let round = lock_each(dirs, source, content, watch, &mut held);
+    if !matches!(round, Ok(LockRound::All(_))) {
+        release_each(held, watch);
+    }
+    round
+}
+
+/// Releases the locks one by one, each a heartbeat (an account may have thousands).
+fn release_each(locks: Vec<UidlistLock>, watch: &Watch) {
+    for l in locks {
+        drop(l);
+        watch.beat();
+    }
+    watch.released();
+}
+
+fn lock_each(
+    dirs: &[(PathBuf, Arc<OwnedFd>)],
+    source: &Path,
+    content: &str,
+    watch: &Watch,
+    held: &mut Vec<UidlistLock>,
+) -> Result<LockRound> {
     for (rel, fd) in dirs {
-        match UidlistLock::try_lock(fd, &source.join(rel), content)? {
-            TryLock::Locked(l) => held.push(l),
+        let tried = UidlistLock::try_lock(fd, &source.join(rel), content)?;
+        watch.beat();
+        match tried {
+            TryLock::Locked(l) => {
+                if !watch.holding(l.handle()) {
+                    return Err(Error::msg(
+                        "capture stalled",
+                        source.join(rel),
+                        "locks released by the watchdog",
+                    ));
+                }
+                held.push(l);
+            }
             TryLock::Busy(who) => {
                 let path = source.join(rel).join(names::UIDLIST_LOCK);
                 return Ok(LockRound::Busy(format!(
@@ -356,12 +557,14 @@ fn lock_all(dirs: &[(PathBuf, Arc<OwnedFd>)], source: &Path, content: &str) -> R
             }
         }
     }
-    Ok(LockRound::All(held))
+    Ok(LockRound::All(std::mem::take(held)))
 }
 
-fn release_pins(m: HashMap<PathBuf, MailboxCapture>, budget: &PinBudget) {
-    for l in m.into_values().flat_map(|m| m.new.into_iter().chain(m.cur)) {
-        if l.pin.is_some() {
+/// Gives back the budget of a discarded capture's pins (the fds close as `m` drops). A pinned
+/// control file takes its share of the budget only when freeze places it.
+pub fn release_pins(m: HashMap<PathBuf, MailboxCapture>, budget: &PinBudget) {
+    for m in m.into_values() {
+        for _ in m.new.iter().chain(&m.cur).filter(|l| l.pin.is_some()) {
             budget.release();
         }
     }
@@ -371,10 +574,15 @@ fn list_all(
     dirs: &[(PathBuf, Arc<OwnedFd>)],
     source: &Path,
     budget: &PinBudget,
+    watch: &Watch,
 ) -> Result<HashMap<PathBuf, MailboxCapture>> {
     let mut out = HashMap::with_capacity(dirs.len());
+    let mut control = ControlBudget::new();
     for (rel, fd) in dirs {
-        match capture_mailbox(fd.as_fd(), &source.join(rel), budget) {
+        if watch.revoked() {
+            break;
+        }
+        match capture_mailbox(fd.as_fd(), &source.join(rel), budget, &mut control, watch) {
             Ok(m) => {
                 out.insert(rel.clone(), m);
             }
@@ -384,32 +592,40 @@ fn list_all(
     Ok(out)
 }
 
-fn hold_for_test(hold: Duration, source: &Path) -> Result<()> {
+fn hold_for_test(hold: Duration, source: &Path, watch: &Watch) -> Result<()> {
     let end = Instant::now() + hold;
     while Instant::now() < end {
         cancelled(source)?;
+        if watch.revoked() {
+            return Ok(());
+        }
         std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+        watch.beat();
     }
     Ok(())
 }
 
 /// Reads the control files and lists `new/` and `cur/` of the mailbox open at `dir` (whose
 /// path is `path`), with the listing check, then pins the listed files. Called under the
-/// mailbox's lock where there is one.
+/// mailbox's lock where there is one. Control files are held in memory within `control`
+/// (the account's); `watch` is beaten after each operation.
 pub fn capture_mailbox(
     dir: BorrowedFd<'_>,
     path: &Path,
     budget: &PinBudget,
+    control: &mut ControlBudget,
+    watch: &Watch,
 ) -> Result<MailboxCapture> {
     let mut unreadable = Vec::new();
     let new = open_messages_dir(dir, path, names::NEW, &mut unreadable)?;
     let cur = open_messages_dir(dir, path, names::CUR, &mut unreadable)?;
-    let control = read_control_files(dir, path);
+    watch.beat();
+    let (control, left_out) = read_control_files(dir, path, control, watch);
     let mut union: HashMap<Vec<u8>, (bool, Listed)> = HashMap::new();
     for _ in 0..MAX_LISTINGS {
         let before = (dir_stamp(&new, path)?, dir_stamp(&cur, path)?);
-        let n = list_messages(&new, &path.join("new"))?;
-        let c = list_messages(&cur, &path.join("cur"))?;
+        let n = list_messages(&new, &path.join("new"), watch)?;
+        let c = list_messages(&cur, &path.join("cur"), watch)?;
         let after = (dir_stamp(&new, path)?, dir_stamp(&cur, path)?);
         let unique = unique_bases(&n, &c);
         if before == after && unique {
@@ -420,8 +636,9 @@ pub fn capture_mailbox(
                 settled: true,
                 pin_time: Duration::ZERO,
                 unreadable,
+                left_out,
             };
-            pin_listed(&mut m, &new, &cur, budget);
+            pin_listed(&mut m, &new, &cur, budget, watch);
             return Ok(m);
         }
         log::debug!(
@@ -451,8 +668,9 @@ pub fn capture_mailbox(
         settled: false,
         pin_time: Duration::ZERO,
         unreadable,
+        left_out,
     };
-    pin_listed(&mut m, &new, &cur, budget);
+    pin_listed(&mut m, &new, &cur, budget, watch);
     Ok(m)
 }
 
@@ -469,12 +687,17 @@ fn pin_listed(
     new: &Option<OwnedFd>,
     cur: &Option<OwnedFd>,
     budget: &PinBudget,
+    watch: &Watch,
 ) {
     let started = Instant::now();
     for (fd, list) in [(new, &mut m.new), (cur, &mut m.cur)] {
         let Some(fd) = fd else { continue };
         for l in list.iter_mut().filter(|l| l.d_type != libc::DT_LNK) {
+            if watch.revoked() {
+                break;
+            }
             l.pin = budget.pin(fd.as_fd(), OsStr::from_bytes(&l.name), l.d_type);
+            watch.beat();
         }
     }
     // Relisting looks in both directories (a rename may move a file from new/ to cur/).
@@ -485,6 +708,7 @@ fn pin_listed(
     for _ in 0..RELISTS {
         let unpinned = |l: &&mut Listed| l.pin.is_none() && l.d_type != libc::DT_LNK;
         if budget.exhausted()
+            || watch.revoked()
             || !m
                 .new
                 .iter_mut()
@@ -493,15 +717,17 @@ fn pin_listed(
         {
             break;
         }
-        let Ok(now) = current_names(new.as_fd(), cur.as_fd()) else {
+        let Ok(now) = current_names(new.as_fd(), cur.as_fd(), &mut || watch.beat()) else {
             break;
         };
+        watch.beat();
         for l in m.new.iter_mut().chain(m.cur.iter_mut()).filter(unpinned) {
             if let Some((in_cur, name)) = now.get(&l.ino)
                 && base_name(name) == base_name(&l.name)
             {
                 let dir = if *in_cur { cur } else { new };
                 l.pin = budget.pin(dir.as_fd(), OsStr::from_bytes(name), l.d_type);
+                watch.beat();
             }
         }
     }
@@ -510,13 +736,15 @@ fn pin_listed(
 
 /// The current name of every entry of a mailbox's `new/` and `cur/`, by inode number, with
 /// whether it is in `cur/`.
+/// `batch` is called after each `getdents64` call (the capture's heartbeat).
 pub fn current_names(
     new: BorrowedFd<'_>,
     cur: BorrowedFd<'_>,
+    batch: &mut dyn FnMut(),
 ) -> std::io::Result<HashMap<u64, (bool, Vec<u8>)>> {
     let mut out = HashMap::new();
     for (in_cur, fd) in [(false, new), (true, cur)] {
-        for e in sys::read_dir(fd)? {
+        for e in sys::read_dir_with(fd, batch)? {
             out.insert(e.ino, (in_cur, e.name));
         }
     }
@@ -567,11 +795,12 @@ fn dir_stamp(fd: &Option<OwnedFd>, path: &Path) -> Result<(u64, i64, i64, i64, i
 }
 
 /// The entries of a `new/` or `cur/` that the image shows (no dotfiles, no directories).
-fn list_messages(fd: &Option<OwnedFd>, path: &Path) -> Result<Vec<Listed>> {
+fn list_messages(fd: &Option<OwnedFd>, path: &Path, watch: &Watch) -> Result<Vec<Listed>> {
     let Some(fd) = fd else {
         return Ok(Vec::new());
     };
-    let entries = sys::read_dir(fd.as_fd()).map_err(|e| Error::io("cannot list", path, e))?;
+    let entries = sys::read_dir_with(fd.as_fd(), &mut || watch.beat())
+        .map_err(|e| Error::io("cannot list", path, e))?;
     Ok(entries
         .into_iter()
         .filter(|e| {
@@ -598,24 +827,80 @@ pub fn unique_bases(new: &[Listed], cur: &[Listed]) -> bool {
 /// read.
 const CONTROL_READS: usize = 4;
 
+/// Control files are read in chunks of this size, each a heartbeat for the watchdog.
+const CONTROL_CHUNK: usize = 64 << 10;
+
 /// Reads the mailbox's control files. Dovecot replaces them by rename under the lock, so one
 /// read is normally enough; a tool writing one in place (or `--no-lock`) can change it during
 /// the read, so a read counts only if the file's size, mtime and ctime are the same before and
 /// after it and the bytes read are the size: else it is read again (by name: it may have
 /// been replaced), up to `CONTROL_READS` times, and then served as last read, with a warning.
-fn read_control_files(dir: BorrowedFd<'_>, path: &Path) -> Vec<ControlFile> {
+///
+/// Each read takes at most the size `fstat` gave when the file was opened (a file that grows
+/// while read stops there), within the caps: see [`ACCOUNT_CONTROL_BYTES`] and
+/// [`CONTROL_FILE_BYTES`]. Returns what was captured and what was left out.
+fn read_control_files(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    control: &mut ControlBudget,
+    watch: &Watch,
+) -> (Vec<ControlFile>, Vec<(&'static [u8], LeftOut)>) {
     let mut out = Vec::new();
-    for name in names::CONTROL_FILES {
+    let mut left_out = Vec::new();
+    for &name in names::CONTROL_FILES {
         let at = || crate::error::escape_path(&path.join(OsStr::from_bytes(name)));
         let mut last = None;
         let mut settled = false;
         for _ in 0..CONTROL_READS {
-            match read_once(dir, name) {
-                Ok(None) => break,
-                Ok(Some((stat, bytes, stable))) => {
+            // One copy at a time: the one read before is dropped before the next is read.
+            last = None;
+            let read = read_once(dir, name, control.left, watch);
+            watch.beat();
+            match read {
+                Ok(Read::Absent) => break,
+                Ok(Read::Special(kind)) => {
+                    log::warn!("left out {}: {kind}, not a regular file", at());
+                    left_out.push((name, LeftOut::Special));
+                    break;
+                }
+                Ok(Read::TooLarge(stat, fd)) if name == names::UIDLIST => {
+                    // Never left out: without it a restore loses every UID. Served from the
+                    // fd it was opened with, at the size it had under the lock.
+                    log::warn!(
+                        "{} is {} bytes, more than the {} MiB held in memory per account; \
+                         served from its pinned file at that length",
+                        at(),
+                        stat.st_size,
+                        ACCOUNT_CONTROL_BYTES >> 20,
+                    );
                     last = Some(ControlFile {
                         name: name.to_vec(),
-                        bytes: bytes.into(),
+                        content: ControlContent::Pinned(fd),
+                        stat,
+                    });
+                    settled = true;
+                    break;
+                }
+                Ok(Read::TooLarge(stat, _)) => {
+                    log::warn!(
+                        "left out {}: {} bytes, more than the {} bytes a control file may hold{}",
+                        at(),
+                        stat.st_size,
+                        CONTROL_FILE_BYTES.min(control.left),
+                        if control.left < CONTROL_FILE_BYTES {
+                            " (what is left of the account's control-file memory)"
+                        } else {
+                            ""
+                        }
+                    );
+                    left_out.push((name, LeftOut::TooLarge));
+                    last = None;
+                    break;
+                }
+                Ok(Read::Bytes(stat, bytes, stable)) => {
+                    last = Some(ControlFile {
+                        name: name.to_vec(),
+                        content: ControlContent::Inline(bytes.into()),
                         stat,
                     });
                     settled = stable;
@@ -630,40 +915,86 @@ fn read_control_files(dir: BorrowedFd<'_>, path: &Path) -> Vec<ControlFile> {
             }
         }
         if let Some(c) = last {
-            if !settled {
-                log::warn!(
-                    "{} kept changing while read; serving the {} bytes last read",
-                    at(),
-                    c.bytes.len()
-                );
+            if let ControlContent::Inline(bytes) = &c.content {
+                if !settled {
+                    log::warn!(
+                        "{} kept changing while read; serving the {} bytes last read",
+                        at(),
+                        bytes.len()
+                    );
+                }
+                control.left -= bytes.len();
             }
             out.push(c);
         }
     }
-    out
+    (out, left_out)
 }
 
-/// One read of a control file: its stat, its bytes, and whether it stayed the same during the
-/// read. `None` when there is no such file.
+/// One look at a control file.
+enum Read {
+    /// No such file.
+    Absent,
+    /// Something other than a regular file: what it is.
+    Special(&'static str),
+    /// A regular file larger than may be read into memory: its stat and the open fd.
+    TooLarge(sys::Stat, OwnedFd),
+    /// The bytes, the stat after reading, and whether the file stayed the same meanwhile.
+    Bytes(sys::Stat, Vec<u8>, bool),
+}
+
+/// One read of a control file of at most `room` bytes (and never more than
+/// [`CONTROL_FILE_BYTES`] unless it is the uidlist). `O_NONBLOCK` keeps a FIFO from blocking
+/// the open; `O_NOFOLLOW` refuses a symlink (`ELOOP`); only a regular file is read.
 fn read_once(
     dir: BorrowedFd<'_>,
     name: &[u8],
-) -> std::io::Result<Option<(sys::Stat, Vec<u8>, bool)>> {
-    let fd = match sys::openat(dir, OsStr::from_bytes(name), libc::O_RDONLY) {
+    room: usize,
+    watch: &Watch,
+) -> std::io::Result<Read> {
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let fd = match sys::openat(dir, OsStr::from_bytes(name), flags) {
         Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Read::Absent),
+        // A socket cannot be opened at all.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(Read::Special("a socket")),
         Err(e) => return Err(e),
     };
     let before = sys::fstat(fd.as_fd())?;
-    if before.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    match before.st_mode & libc::S_IFMT {
+        libc::S_IFREG => {}
+        libc::S_IFIFO => return Ok(Read::Special("a FIFO")),
+        libc::S_IFDIR => return Ok(Read::Special("a directory")),
+        libc::S_IFSOCK => return Ok(Read::Special("a socket")),
+        _ => return Ok(Read::Special("a device")),
     }
+    let size = before.st_size.max(0) as u64;
+    let cap = if name == names::UIDLIST {
+        room
+    } else {
+        room.min(CONTROL_FILE_BYTES)
+    };
+    if size > cap as u64 {
+        return Ok(Read::TooLarge(before, fd));
+    }
+    let size = size as usize;
     let mut file = std::fs::File::from(fd);
-    let mut bytes = Vec::with_capacity(before.st_size.max(0) as usize);
-    std::io::Read::read_to_end(&mut file, &mut bytes)?;
+    let mut bytes = vec![0u8; size];
+    let mut got = 0;
+    while got < size {
+        let end = (got + CONTROL_CHUNK).min(size);
+        match std::io::Read::read(&mut file, &mut bytes[got..end]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        watch.beat();
+    }
+    bytes.truncate(got);
     let after = sys::fstat(file.as_fd())?;
     let stable = same_version(&before, &after) && bytes.len() as i64 == after.st_size;
-    Ok(Some((after, bytes, stable)))
+    Ok(Read::Bytes(after, bytes, stable))
 }
 
 /// Whether two stats of one file show the same version of its content.
@@ -740,7 +1071,14 @@ mod tests {
         fs::write(t.path().join("cur/.hidden"), "z").unwrap();
         fs::write(t.path().join("dovecot-uidlist"), "3 V1 N3\n1 :1.a\n").unwrap();
         let fd = fs::File::open(t.path()).unwrap();
-        let m = capture_mailbox(fd.as_fd(), t.path(), &PinBudget::fixed(1)).unwrap();
+        let m = capture_mailbox(
+            fd.as_fd(),
+            t.path(),
+            &PinBudget::fixed(1),
+            &mut ControlBudget::new(),
+            &Watch::new(Path::new("")),
+        )
+        .unwrap();
         assert!(m.settled);
         assert_eq!(m.new.len(), 1);
         assert_eq!(m.cur.len(), 1);
@@ -749,7 +1087,10 @@ mod tests {
         assert!(m.new[0].pin.is_some());
         assert!(m.cur[0].pin.is_none());
         assert_eq!(m.control.len(), 1);
-        assert_eq!(&*m.control[0].bytes, b"3 V1 N3\n1 :1.a\n");
+        let ControlContent::Inline(bytes) = &m.control[0].content else {
+            panic!("a small uidlist is held in memory")
+        };
+        assert_eq!(&**bytes, b"3 V1 N3\n1 :1.a\n");
     }
 
     #[test]

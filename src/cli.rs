@@ -27,9 +27,14 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+/// What a capture holds at most, whatever an account's owner plants (`capture.rs`,
+/// `maildir/discover.rs`); stated on `mount --help` and in the man page.
+const MOUNT_LIMITS: &str = "Limits, whatever an account's owner puts in their Maildir:\n  - Control files (dovecot-uidlist, dovecot-keywords, subscriptions, dovecot-acl, ...) are taken only when they are regular files; a FIFO, socket, device or directory in their place is left out, logged and counted.\n  - At most 16 MiB of control files are held in memory per account, and at most 1 MiB per file other than dovecot-uidlist; a larger one is left out with a warning. A dovecot-uidlist that does not fit is never left out: it is pinned under the lock and served at its captured length.\n  - Directories more than 256 levels below an account (or below SOURCE outside accounts) are shown empty, with a warning.\n  - An operation that hangs under an account's locks for --stall-timeout seconds gets that account's locks released at once; the account is shown empty and the others go on.\n  - SIGTERM or SIGINT releases every lock at once, at any moment, and ends the server.";
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Capture SOURCE and mount the frozen view on MOUNTPOINT; returns once it is mounted.
+    #[command(after_long_help = MOUNT_LIMITS)]
     Mount(MountArgs),
     /// Unmount a view and wait until its serving process has exited (also clears the mount of a
     /// server that crashed).
@@ -67,6 +72,12 @@ pub struct MountArgs {
     /// failing, with --strict-lock).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub lock_timeout: u64,
+    /// Seconds one operation may take while an account's locks are held (an open, a read, a
+    /// directory listing: milliseconds on a healthy disk) before maildirfs releases that
+    /// account's locks, shows it empty and goes on with the others (with --strict-lock, fails).
+    #[arg(long, value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout: u64,
     /// Take no lock at all (the listing check still runs); reported in the summary. Default:
     /// take Dovecot's dovecot-uidlist.lock on every mailbox of an account at once.
     #[arg(long, conflicts_with = "strict_lock")]
@@ -92,7 +103,8 @@ pub struct MountArgs {
     #[arg(long)]
     pub allow_other: bool,
     /// Mount options, comma-separated, fstab style: ro, allow_other, exclude_indexes,
-    /// no_lock, strict_lock, lock_timeout=SECS, lock_host=NAME, include=GLOB, exclude=GLOB,
+    /// no_lock, strict_lock, lock_timeout=SECS, stall_timeout=SECS, lock_host=NAME,
+    /// include=GLOB, exclude=GLOB,
     /// log_file=PATH, summary_json=PATH, passthrough (noauto, nofail, _netdev, ... ignored).
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
@@ -129,6 +141,7 @@ impl MountArgs {
     pub fn into_options(self) -> Result<MountOptions, String> {
         let mut o = MountOptions::new(self.source, self.mountpoint);
         o.lock_timeout = std::time::Duration::from_secs(self.lock_timeout);
+        o.stall_timeout = std::time::Duration::from_secs(self.stall_timeout);
         o.no_lock = self.no_lock;
         o.strict_lock = self.strict_lock;
         o.exclude_indexes = self.exclude_indexes;
@@ -186,6 +199,15 @@ pub fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stated_limits_are_the_ones_in_force() {
+        let mib = |b: usize| format!("{} MiB", b >> 20);
+        assert!(MOUNT_LIMITS.contains(&mib(crate::capture::ACCOUNT_CONTROL_BYTES)));
+        assert!(MOUNT_LIMITS.contains(&mib(crate::capture::CONTROL_FILE_BYTES)));
+        let depth = format!("{} levels", crate::maildir::discover::MAX_DEPTH);
+        assert!(MOUNT_LIMITS.contains(&depth));
+    }
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()

@@ -36,6 +36,12 @@ impl Notifier {
         }
     }
 
+    /// A second writer on the pipe to the waiting parent, for the signal thread to say why the
+    /// mount ended when the capture is stuck (`None` in the foreground).
+    pub fn clone_pipe(&self) -> Option<std::io::PipeWriter> {
+        self.pipe.as_ref().and_then(|p| p.try_clone().ok())
+    }
+
     /// Where capture progress goes: through the pipe to the waiting parent (which shows it or
     /// not), or in the foreground straight to stderr when it is a terminal and `wanted`.
     pub fn progress_sink(&self, wanted: bool) -> Option<ProgressSink> {
@@ -82,6 +88,9 @@ impl ProgressSink {
     }
 }
 
+/// How long the parent waits for a failed server to finish exiting.
+const CHILD_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Back to the start of the line, and clear it.
 const CLEAR_LINE: &str = "\r\x1b[K";
 
@@ -116,6 +125,9 @@ pub fn detach(
                     crate::logging::detach_stderr();
                     log::error!("{e}");
                     n.fail(&e);
+                    // A capture thread stuck in an uninterruptible read would keep the
+                    // caller's stdio open after this process ends: let go of it now.
+                    let _ = sys::detach_stdio();
                     1
                 }
             };
@@ -146,7 +158,10 @@ pub fn detach(
                 return Ok(Outcome::Ready(summary.to_owned()));
             }
             if let Some(err) = line.strip_prefix("ERR ") {
-                let _ = sys::waitpid(pid);
+                // A server whose capture thread is stuck in an uninterruptible read (a hung
+                // disk) has released its locks but cannot finish exiting; the caller gets its
+                // error regardless.
+                let _ = sys::waitpid_for(pid, CHILD_EXIT_WAIT);
                 return Ok(Outcome::Failed(err.to_owned()));
             }
             let status = sys::waitpid(pid).unwrap_or(-1);

@@ -6,6 +6,13 @@
 //! mailbox `cur/` and `new/` exactly as listed under the lock, `tmp/` empty, control files as
 //! the bytes read under the lock; lock and temp files hidden; symlinks as symlinks; FIFOs,
 //! sockets and devices left out; other filesystems not entered.
+//!
+//! The walk goes depth first, opening each directory relative to its parent's fd (one
+//! component, beneath it, no symlinks, no mount crossing), so a deep tree costs one lookup per
+//! directory rather than a path resolution from SOURCE; the fds it keeps open are those of the
+//! directories on the current path, each taken from the pin budget (where the budget is
+//! spent, a directory is opened beneath SOURCE instead). Nothing deeper than
+//! [`MAX_DEPTH`] levels below an account (or below SOURCE outside accounts) is entered.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -13,9 +20,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::capture::{self, AccountCapture, Listed, MailboxCapture};
+use crate::capture::{
+    self, AccountCapture, ControlBudget, ControlContent, LeftOut, Listed, MailboxCapture,
+};
 use crate::error::{Error, Result, escape_path};
-use crate::maildir::discover::{entry_is_dir, is_mailbox};
+use crate::maildir::discover::{MAX_DEPTH, entry_is_dir, is_mailbox};
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
 use crate::pin::PinBudget;
@@ -24,6 +33,7 @@ use crate::snapshot::{
     Attr, Builder, Ino, NewContent, NewKind, NewNode, NodeIdx, Snapshot, Stamp, Totals,
 };
 use crate::sys;
+use crate::watch::Watch;
 
 /// What freeze noticed, for the summary and the log.
 #[derive(Debug, Default, Clone)]
@@ -41,39 +51,57 @@ pub struct FreezeReport {
     /// be `lstat`ed (left out), relative to SOURCE, sorted, each once: a user's mode bits can
     /// hide their own mail from a capture that runs without `CAP_DAC_READ_SEARCH`.
     pub unreadable: Vec<PathBuf>,
+    /// Control files left out because they were too large (see `capture::CONTROL_FILE_BYTES`).
+    pub control_too_large: Vec<PathBuf>,
+    /// Accounts whose capture hung under their locks: the locks were released, the account
+    /// is shown empty.
+    pub stalled: Vec<PathBuf>,
+    /// Directories more than [`MAX_DEPTH`] levels down, shown empty.
+    pub too_deep: Vec<PathBuf>,
 }
 
 impl FreezeReport {
-    /// Records the `cur/` and `new/` that the capture of the mailbox at `rel` could not open.
-    fn add_unreadable_of(&mut self, rel: &Path, m: &MailboxCapture) {
+    /// Records what the capture of the mailbox at `rel` could not take: the `cur/` and `new/`
+    /// it could not open, and the control files it left out.
+    fn add_capture_of(&mut self, rel: &Path, m: &MailboxCapture) {
         self.unreadable.extend(
             m.unreadable
                 .iter()
                 .map(|sub| rel.join(OsStr::from_bytes(sub))),
         );
+        for (name, why) in &m.left_out {
+            match why {
+                LeftOut::Special => self.special_files += 1,
+                LeftOut::TooLarge => self
+                    .control_too_large
+                    .push(rel.join(OsStr::from_bytes(name))),
+            }
+        }
     }
 }
 
 /// Builds the snapshot of the tree at `root` (SOURCE, path `source`) from the accounts'
-/// captures.
+/// captures. `stalled` are the roots of accounts whose capture hung: they are shown empty,
+/// and never opened again.
 pub fn freeze(
     root: BorrowedFd<'_>,
     source: &Path,
     captures: Vec<AccountCapture>,
+    stalled: &[PathBuf],
     exclude_indexes: bool,
     selection: &Selection,
     budget: &PinBudget,
 ) -> Result<(Snapshot, FreezeReport)> {
     let root_st = sys::fstat(root).map_err(|e| Error::io("cannot stat source", source, e))?;
     let mut totals = Totals {
-        accounts: captures.len(),
+        accounts: captures.len() + stalled.len(),
         ..Totals::default()
     };
     let mut mailboxes: HashMap<PathBuf, MailboxCapture> = HashMap::new();
     let mut report = FreezeReport::default();
     for a in captures {
         for (rel, m) in &a.mailboxes {
-            report.add_unreadable_of(rel, m);
+            report.add_capture_of(rel, m);
         }
         mailboxes.extend(a.mailboxes);
     }
@@ -92,24 +120,27 @@ pub fn freeze(
         exclude_indexes,
         selection,
         mailboxes,
+        stalled,
+        late_control: ControlBudget::new(),
         builder: Builder::new(attr_of(&root_st), root_st.st_dev, expected),
         report,
         totals: &mut totals,
     };
-    // Breadth-first, and a pending directory holds no fd: it is opened (beneath SOURCE, no
-    // symlinks) only when its turn comes, so the walk needs a handful of fds however wide the
-    // tree is, and the rest of the fd budget stays with the pins.
-    let mut queue = std::collections::VecDeque::new();
-    queue.push_back(Pending {
+    // Depth first: a pending directory holds only its parent's fd, shared with its siblings,
+    // so the fds open are those of the directories on the current path (at most MAX_DEPTH
+    // and the levels above the accounts), however wide the tree is.
+    let mut stack = vec![Pending {
         node: NodeIdx::ROOT,
         rel: PathBuf::new(),
         role: Role::Plain,
-    });
-    while let Some(p) = queue.pop_front() {
-        for next in f.fill(p)? {
-            queue.push_back(next);
-        }
+        parent: None,
+        depth: Depth::default(),
+    }];
+    while let Some(p) = stack.pop() {
+        let next = f.fill(p)?;
+        stack.extend(next.into_iter().rev());
     }
+    drop(stack);
     let mut report = f.report;
     report
         .unreadable
@@ -120,10 +151,34 @@ pub fn freeze(
 }
 
 /// A directory whose children are still to be added.
-struct Pending {
+struct Pending<'a> {
     node: NodeIdx,
     rel: PathBuf,
     role: Role,
+    /// The parent directory, open, when the budget could keep it so; else the directory is
+    /// opened beneath SOURCE by its whole path.
+    parent: Option<std::rc::Rc<HeldDir<'a>>>,
+    depth: Depth,
+}
+
+/// How deep a directory lies: levels below its account's root mailbox, or below SOURCE when
+/// it is in no account.
+#[derive(Debug, Clone, Copy, Default)]
+struct Depth {
+    levels: usize,
+    in_account: bool,
+}
+
+/// A directory fd kept open for its subdirectories, counted in the pin budget while it lives.
+struct HeldDir<'a> {
+    fd: OwnedFd,
+    budget: &'a PinBudget,
+}
+
+impl Drop for HeldDir<'_> {
+    fn drop(&mut self) {
+        self.budget.unhold(1);
+    }
 }
 
 #[derive(Clone)]
@@ -138,6 +193,10 @@ enum Role {
 
 struct Freezer<'a> {
     root: BorrowedFd<'a>,
+    stalled: &'a [PathBuf],
+    /// The control-file memory of all mailboxes created during the capture, together: each
+    /// new mailbox must not bring a fresh allowance.
+    late_control: ControlBudget,
     budget: &'a PinBudget,
     source: &'a Path,
     dev: u64,
@@ -149,21 +208,43 @@ struct Freezer<'a> {
     totals: &'a mut Totals,
 }
 
-impl Freezer<'_> {
+impl<'a> Freezer<'a> {
     /// Adds the children of one directory; returns the subdirectories to fill next.
-    fn fill(&mut self, p: Pending) -> Result<Vec<Pending>> {
+    fn fill(&mut self, p: Pending<'a>) -> Result<Vec<Pending<'a>>> {
         if let Role::Tmp = p.role {
             self.builder.add_children(p.node, Vec::new());
             return Ok(Vec::new());
         }
-        let opened = if p.node == NodeIdx::ROOT {
-            self.root.try_clone_to_owned()
-        } else {
-            sys::open_beneath(
-                self.root,
-                p.rel.as_os_str(),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-            )
+        if matches!(p.role, Role::Plain) && self.stalled.contains(&p.rel) {
+            // Its capture hung under its locks: never touched again.
+            log::warn!(
+                "account {} is shown empty: its capture hung",
+                self.show(&p.rel)
+            );
+            self.report.stalled.push(p.rel.clone());
+            self.report.unreadable.push(p.rel.clone());
+            self.builder.add_children(p.node, Vec::new());
+            return Ok(Vec::new());
+        }
+        if p.depth.levels > MAX_DEPTH {
+            log::warn!(
+                "not entering {}: more than {MAX_DEPTH} levels below {}; shown empty",
+                self.show(&p.rel),
+                if p.depth.in_account {
+                    "its account"
+                } else {
+                    "the source"
+                }
+            );
+            self.report.too_deep.push(p.rel.clone());
+            self.builder.add_children(p.node, Vec::new());
+            return Ok(Vec::new());
+        }
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let opened = match (&p.parent, p.rel.file_name()) {
+            _ if p.node == NodeIdx::ROOT => self.root.try_clone_to_owned(),
+            (Some(parent), Some(name)) => sys::open_beneath(parent.fd.as_fd(), name, flags),
+            _ => sys::open_beneath(self.root, p.rel.as_os_str(), flags),
         };
         let fd = match opened {
             Ok(fd) => fd,
@@ -193,11 +274,12 @@ impl Freezer<'_> {
                 self.fill_messages(&p, Some(fd.as_fd()), &mailbox, cur);
                 Ok(Vec::new())
             }
-            _ => self.fill_plain(p, fd.as_fd()),
+            _ => self.fill_plain(p, fd),
         }
     }
 
-    fn fill_plain(&mut self, p: Pending, dir: BorrowedFd<'_>) -> Result<Vec<Pending>> {
+    fn fill_plain(&mut self, p: Pending<'a>, fd: OwnedFd) -> Result<Vec<Pending<'a>>> {
+        let dir = fd.as_fd();
         let entries = match sys::read_dir(dir) {
             Ok(e) => e,
             Err(e) if p.node == NodeIdx::ROOT => {
@@ -220,9 +302,16 @@ impl Freezer<'_> {
                 "mailbox {} appeared during capture; captured without its lock",
                 self.show(&p.rel)
             );
-            match capture::capture_mailbox(dir, &self.source.join(&p.rel), self.budget) {
+            let captured = capture::capture_mailbox(
+                dir,
+                &self.source.join(&p.rel),
+                self.budget,
+                &mut self.late_control,
+                &Watch::new(&p.rel),
+            );
+            match captured {
                 Ok(m) => {
-                    self.report.add_unreadable_of(&p.rel, &m);
+                    self.report.add_capture_of(&p.rel, &m);
                     self.mailboxes.insert(p.rel.clone(), m);
                     self.report.late_mailboxes.push(p.rel.clone());
                 }
@@ -255,21 +344,29 @@ impl Freezer<'_> {
                 continue;
             }
             if mailbox && names::is_control_file(&name) {
-                // Served as read under the lock; one that appeared later is not in the image.
-                if let Some(c) = self.mailboxes[&p.rel]
-                    .control
-                    .iter()
-                    .find(|c| c.name == name)
-                {
+                // Served as captured under the lock; one that appeared later, or that the
+                // capture left out, is not in the image.
+                let captured = self.mailboxes.get_mut(&p.rel).and_then(|m| {
+                    let i = m.control.iter().position(|c| c.name == name)?;
+                    Some(m.control.swap_remove(i))
+                });
+                if let Some(c) = captured {
+                    let mut attr = attr_of(&c.stat);
+                    let (kind, pin) = match c.content {
+                        ControlContent::Inline(bytes) => {
+                            attr.size = bytes.len() as u64;
+                            (NewContent::Inline(bytes), None)
+                        }
+                        // Read through its pin, never past the size it had under the lock.
+                        ControlContent::Pinned(fd) => {
+                            (NewContent::Source, Some(self.budget.adopt(fd)))
+                        }
+                    };
                     children.push(NewNode {
-                        kind: NewKind::File(NewContent::Inline(c.bytes.clone())),
-                        attr: {
-                            let mut a = attr_of(&c.stat);
-                            a.size = c.bytes.len() as u64;
-                            a
-                        },
+                        kind: NewKind::File(kind),
+                        attr,
                         name,
-                        pin: None,
+                        pin,
                     });
                 }
                 continue;
@@ -320,6 +417,20 @@ impl Freezer<'_> {
             }
         }
         let placed = self.builder.add_children(p.node, children);
+        let depth = if mailbox && !p.depth.in_account {
+            // An account's root mailbox: depth counts from here.
+            Depth {
+                levels: 1,
+                in_account: true,
+            }
+        } else {
+            Depth {
+                levels: p.depth.levels + 1,
+                in_account: p.depth.in_account || mailbox,
+            }
+        };
+        // Kept open for the subdirectories while the budget can spare one fd.
+        let mut parent = None;
         let mut next = Vec::new();
         for idx in placed {
             if !matches!(
@@ -331,12 +442,27 @@ impl Freezer<'_> {
             let name = self.builder.name(idx).to_vec();
             let rel = p.rel.join(OsStr::from_bytes(&name));
             let role = roles.remove(&name).unwrap_or(Role::Plain);
+            if parent.is_none() && !matches!(role, Role::Tmp) && self.budget.hold(1) == 1 {
+                match fd.try_clone() {
+                    Ok(dup) => {
+                        parent = Some(std::rc::Rc::new(HeldDir {
+                            fd: dup,
+                            budget: self.budget,
+                        }))
+                    }
+                    // Out of fds: the children are opened beneath SOURCE instead.
+                    Err(_) => self.budget.unhold(1),
+                }
+            }
             next.push(Pending {
                 node: idx,
                 rel,
                 role,
+                parent: parent.clone(),
+                depth,
             });
         }
+        drop(fd);
         Ok(next)
     }
 
@@ -534,7 +660,7 @@ impl Freezer<'_> {
         let new = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(names::NEW)).ok()?;
         let cur = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(names::CUR)).ok()?;
         for _ in 0..capture::RELISTS {
-            let now = capture::current_names(new.as_fd(), cur.as_fd()).ok()?;
+            let now = capture::current_names(new.as_fd(), cur.as_fd(), &mut || ()).ok()?;
             let Some((in_cur, name)) = now.get(&l.ino) else {
                 continue;
             };

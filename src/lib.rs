@@ -11,8 +11,9 @@
 //!
 //! # Layout
 //! - `maildir/`: filename grammar, names to hide, control files, discovery.
-//! - `lock.rs`: the Dovecot dotlock as an RAII guard.
-//! - `capture.rs`: account-at-once capture and the listing check.
+//! - `lock.rs`: the Dovecot dotlock as an RAII guard, and the registry a stop signal releases.
+//! - `capture.rs`: account-at-once capture, the listing check, bounded control-file reads.
+//! - `watch.rs`: the stall watchdog's view of a running capture (heartbeat, locks held).
 //! - `freeze.rs`: builds the snapshot after the locks are gone.
 //! - `snapshot.rs`: the immutable image (no I/O).
 //! - `pin.rs`: the `O_PATH` pin budget that keeps captured inodes alive.
@@ -45,6 +46,7 @@ pub mod status;
 pub mod sys;
 pub mod umount;
 pub mod verify;
+pub mod watch;
 
 #[cfg(test)]
 mod testutil;

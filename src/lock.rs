@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
@@ -41,17 +43,58 @@ pub const STALE_PID_CHECK: Duration = Duration::from_secs(2);
 /// A held `dovecot-uidlist.lock`. Dropping it releases the lock if it is still ours.
 #[derive(Debug)]
 pub struct UidlistLock {
+    held: Arc<Held>,
+}
+
+/// One lock file we created, shared by its guard, the toucher, and whoever may have to give
+/// it up before the guard drops: the capture's stall watchdog ([`LockHandle`]) and the signal
+/// thread ([`release_all`]).
+#[derive(Debug)]
+struct Held {
     /// The mailbox directory that holds the lock.
     dir: Arc<OwnedFd>,
     /// The lock's full path, for messages only.
     path: PathBuf,
-    /// Our fd on the lock file: its (dev, ino) is the identity of our lock, and the toucher
+    /// Our open lock file: its (dev, ino) is the identity of our lock, and the toucher
     /// touches through it.
-    fd: Arc<OwnedFd>,
+    file: std::fs::File,
     dev: u64,
     ino: u64,
     /// What we wrote into it (`<pid>:<host>`).
     content: String,
+    /// Where its release stands: [`HELD`], [`RELEASING`] (one caller is at it; any other
+    /// returns at once rather than wait on a syscall that may hang) or [`RELEASED`].
+    state: AtomicU8,
+}
+
+const HELD: u8 = 0;
+const RELEASING: u8 = 1;
+const RELEASED: u8 = 2;
+
+/// Who releases a lock, and so how carefully.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// The guard, at the end of a capture: the path must name our inode and hold our content.
+    Checked,
+    /// The watchdog or the signal thread, while a capture may be stuck on the same
+    /// filesystem: our inode suffices (Dovecot's own rule), so nothing is read.
+    Early,
+}
+
+/// A second handle on a held lock, that can release it early (the stall watchdog) while the
+/// capture that took it is stuck. Releasing twice, or after the guard dropped, does nothing.
+#[derive(Debug, Clone)]
+pub struct LockHandle(Arc<Held>);
+
+impl LockHandle {
+    /// Releases the lock now if it is still held and still ours.
+    pub fn release(&self) {
+        self.0.release(Release::Early);
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
 }
 
 /// The outcome of one try.
@@ -87,28 +130,54 @@ impl UidlistLock {
     fn finish(dir: &Arc<OwnedFd>, path: PathBuf, fd: OwnedFd, content: &str) -> Result<Self> {
         let st = sys::fstat(fd.as_fd()).map_err(|e| Error::io("cannot stat lock", &path, e))?;
         let lock = UidlistLock {
-            dir: Arc::clone(dir),
-            path,
-            fd: Arc::new(fd),
-            dev: st.st_dev,
-            ino: st.st_ino,
-            content: content.to_owned(),
+            held: Arc::new(Held {
+                dir: Arc::clone(dir),
+                path,
+                file: std::fs::File::from(fd),
+                dev: st.st_dev,
+                ino: st.st_ino,
+                content: content.to_owned(),
+                state: AtomicU8::new(HELD),
+            }),
         };
-        // From here on `lock` owns the file: an error below drops it, which removes it.
-        let mut file = std::fs::File::from(
-            lock.fd
-                .try_clone()
-                .map_err(|e| Error::io("cannot write lock", &lock.path, e))?,
-        );
-        std::io::Write::write_all(&mut file, content.as_bytes())
-            .map_err(|e| Error::io("cannot write lock", &lock.path, e))?;
-        toucher().register(&lock.fd);
-        Ok(lock)
+        // From here on `lock` owns the file. It is registered before it is written, so a stop
+        // signal during the write removes it too; on an error it is removed by identity alone
+        // (it may not hold our content yet).
+        let held = &lock.held;
+        let failed = if !registry().register(held) {
+            Some(Error::msg("cannot take lock", &held.path, "stopping"))
+        } else {
+            std::os::unix::fs::FileExt::write_all_at(&held.file, content.as_bytes(), 0)
+                .err()
+                .map(|e| Error::io("cannot write lock", &held.path, e))
+        };
+        match failed {
+            None => Ok(lock),
+            Some(e) => {
+                held.release(Release::Early);
+                Err(e)
+            }
+        }
     }
 
     /// Whether the lock path still names the file we created, holding what we wrote: false
     /// once someone overrode it (a new file) or rewrote it in place with their own pid.
     pub fn is_ours(&self) -> bool {
+        self.held.is_ours()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.held.path
+    }
+
+    /// A handle that can release this lock early (see [`LockHandle`]).
+    pub fn handle(&self) -> LockHandle {
+        LockHandle(Arc::clone(&self.held))
+    }
+}
+
+impl Held {
+    fn is_ours(&self) -> bool {
         let same_file = match sys::lstat_at(self.dir.as_fd(), OsStr::new(UIDLIST_LOCK)) {
             Ok(st) => st.st_dev == self.dev && st.st_ino == self.ino,
             Err(_) => false,
@@ -119,40 +188,72 @@ impl UidlistLock {
     /// Whether our lock file's content is still exactly what we wrote.
     fn still_says_ours(&self) -> bool {
         use std::os::unix::fs::FileExt;
-        let Ok(fd) = self.fd.try_clone() else {
-            // Out of fds: cannot tell; the file is ours by identity.
-            return true;
-        };
         let mut buf = vec![0u8; self.content.len() + 1];
-        match std::fs::File::from(fd).read_at(&mut buf, 0) {
+        match self.file.read_at(&mut buf, 0) {
             Ok(n) => buf[..n] == *self.content.as_bytes(),
+            // Cannot tell: the file is ours by identity.
             Err(_) => true,
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Dovecot's file_dotlock_delete(): unlink only if the path is still our inode (and, for
+    /// [`Release::Checked`], still holds what we wrote). The check and the unlink are not
+    /// atomic; Dovecot accepts the same window. Done once per lock, by whoever comes first (the
+    /// guard, the watchdog, the signal thread); a check that fails for a reason that may pass
+    /// (`EIO`, a timeout) leaves the lock held, for a later caller to try again.
+    fn release(&self, how: Release) {
+        if self
+            .state
+            .compare_exchange(HELD, RELEASING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let done = self.unlink_if_ours(how);
+        self.state
+            .store(if done { RELEASED } else { HELD }, Ordering::Release);
+    }
+
+    /// Whether the lock is released for good (removed by us, or found not to be ours).
+    fn unlink_if_ours(&self, how: Release) -> bool {
+        let shown = || crate::error::escape_path(&self.path);
+        let ours = match sys::lstat_at(self.dir.as_fd(), OsStr::new(UIDLIST_LOCK)) {
+            Ok(st) => st.st_dev == self.dev && st.st_ino == self.ino,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+            Err(e) => {
+                log::warn!("cannot check our lock {}: {e}; still held", shown());
+                return false;
+            }
+        };
+        // An early release reads nothing: the lock file is on the filesystem that may be the
+        // one hanging, and a Dovecot that overrode us made a new inode anyway.
+        let ours = ours && (how == Release::Early || self.still_says_ours());
+        if !ours {
+            log::warn!(
+                "our lock {} was overridden or removed by someone else; left alone",
+                shown()
+            );
+            return true;
+        }
+        match sys::unlink_at(self.dir.as_fd(), OsStr::new(UIDLIST_LOCK)) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => {
+                log::warn!("cannot remove our lock {}: {e}", shown());
+                false
+            }
+        }
+    }
+
+    fn is_released(&self) -> bool {
+        self.state.load(Ordering::Acquire) == RELEASED
     }
 }
 
 impl Drop for UidlistLock {
     fn drop(&mut self) {
-        toucher().unregister(&self.fd);
-        // Dovecot's file_dotlock_delete(): unlink only if the path is still our inode. The
-        // check and the unlink are not atomic; Dovecot accepts the same window.
-        if self.is_ours() {
-            if let Err(e) = sys::unlink_at(self.dir.as_fd(), OsStr::new(UIDLIST_LOCK)) {
-                log::warn!(
-                    "cannot remove our lock {}: {e}",
-                    crate::error::escape_path(&self.path)
-                );
-            }
-        } else {
-            log::warn!(
-                "our lock {} was overridden or removed by someone else; left alone",
-                crate::error::escape_path(&self.path)
-            );
-        }
+        registry().unregister(&self.held);
+        self.held.release(Release::Checked);
     }
 }
 
@@ -171,6 +272,15 @@ fn override_if_stale(dir: &Arc<OwnedFd>, path: &Path) -> Result<Staleness> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Staleness::Overridden),
         Err(e) => return Err(Error::io("cannot stat lock", path, e)),
     };
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        // Something planted in the lock's place (a FIFO, a directory): no dotlock can ever be
+        // taken there, and it is never ours to remove or open.
+        return Err(Error::msg(
+            "cannot take lock",
+            path,
+            "something other than a regular file is in its place",
+        ));
+    }
     let content = read_small(dir, name).unwrap_or_default();
     let holder = String::from_utf8_lossy(&content).into_owned();
     let now = SystemTime::now();
@@ -223,8 +333,13 @@ pub fn parse_holder(content: &[u8]) -> Option<(i32, String)> {
     (pid > 0).then(|| (pid, host.to_owned()))
 }
 
+/// The first 4 KiB of a lock file. `O_NONBLOCK` and the type check keep a FIFO swapped in
+/// since the `lstat` from blocking the open (and us, with other locks of the account held).
 fn read_small(dir: &Arc<OwnedFd>, name: &OsStr) -> std::io::Result<Vec<u8>> {
-    let fd = sys::openat(dir.as_fd(), name, libc::O_RDONLY)?;
+    let fd = sys::openat(dir.as_fd(), name, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    if sys::fstat(fd.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let mut buf = Vec::new();
     std::io::Read::read_to_end(
         &mut std::io::Read::take(std::fs::File::from(fd), 4096),
@@ -266,51 +381,92 @@ pub fn in_other_pid_namespace() -> bool {
     }
 }
 
-/// Touches every held lock every [`TOUCH_INTERVAL`] from one background thread, so a hold
-/// that is slowed down (a huge directory, a slow disk) never looks stale to Dovecot.
-pub struct Toucher {
-    /// The lock files held right now, touched each round. Protected by this mutex.
-    held: Mutex<Vec<Arc<OwnedFd>>>,
+/// Every lock this process holds: touched every [`TOUCH_INTERVAL`] from one background
+/// thread, so a hold that is slowed down (a huge directory, a slow disk) never looks stale to
+/// Dovecot, and released all at once by [`release_all`] when a stop signal comes.
+struct Registry {
+    /// The locks held now, and whether the registry is closed. Protected by this mutex.
+    state: Mutex<Registered>,
     wake: Condvar,
 }
 
-impl Toucher {
-    fn register(&self, fd: &Arc<OwnedFd>) {
-        self.held.lock().push(Arc::clone(fd));
+struct Registered {
+    locks: Vec<Arc<Held>>,
+    /// Set by [`release_all`]: no lock may be taken any more.
+    closed: bool,
+}
+
+impl Registry {
+    /// Adds a lock just created; false once the process is stopping (the caller then drops
+    /// the lock, which removes it).
+    fn register(&self, held: &Arc<Held>) -> bool {
+        let mut state = self.state.lock();
+        if state.closed {
+            return false;
+        }
+        state.locks.push(Arc::clone(held));
+        true
     }
 
-    fn unregister(&self, fd: &Arc<OwnedFd>) {
-        self.held.lock().retain(|h| !Arc::ptr_eq(h, fd));
+    fn unregister(&self, held: &Arc<Held>) {
+        self.state.lock().locks.retain(|h| !Arc::ptr_eq(h, held));
     }
 
     fn run(&self, interval: Duration) {
-        let mut held = self.held.lock();
         loop {
-            self.wake.wait_for(&mut held, interval);
-            for fd in held.iter() {
-                if let Err(e) = sys::touch_fd(fd.as_fd()) {
-                    log::warn!("cannot touch a held lock: {e}");
+            // Touched outside the mutex: a touch that hangs (a wedged filesystem) must not
+            // keep the signal thread from releasing every other lock.
+            let held: Vec<Arc<Held>> = {
+                let mut state = self.state.lock();
+                self.wake.wait_for(&mut state, interval);
+                state.locks.clone()
+            };
+            for h in held.iter().filter(|h| !h.is_released()) {
+                if let Err(e) = sys::touch_fd(h.file.as_fd()) {
+                    log::warn!(
+                        "cannot touch our lock {}: {e}",
+                        crate::error::escape_path(&h.path)
+                    );
                 }
             }
         }
     }
 }
 
-/// The process's one toucher, started on first use.
-fn toucher() -> &'static Toucher {
-    static TOUCHER: OnceLock<&'static Toucher> = OnceLock::new();
-    TOUCHER.get_or_init(|| {
-        let t: &'static Toucher = Box::leak(Box::new(Toucher {
-            held: Mutex::new(Vec::new()),
+/// Releases every lock this process holds, at once, and refuses any new one: what a stop
+/// signal does before anything else, so that no lock outlives the signal by more than the
+/// few syscalls this takes, whatever the capturing threads are stuck in. Returns how many
+/// locks were released.
+pub fn release_all() -> usize {
+    let held = {
+        let mut state = registry().state.lock();
+        state.closed = true;
+        std::mem::take(&mut state.locks)
+    };
+    for h in &held {
+        h.release(Release::Early);
+    }
+    held.len()
+}
+
+/// The process's one registry, its toucher thread started on first use.
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<&'static Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let r: &'static Registry = Box::leak(Box::new(Registry {
+            state: Mutex::new(Registered {
+                locks: Vec::new(),
+                closed: false,
+            }),
             wake: Condvar::new(),
         }));
         let spawned = std::thread::Builder::new()
             .name("lock-toucher".to_owned())
-            .spawn(move || t.run(touch_interval()));
+            .spawn(move || r.run(touch_interval()));
         if let Err(e) = spawned {
             log::error!("cannot start the lock toucher: {e}");
         }
-        t
+        r
     })
 }
 
@@ -425,6 +581,23 @@ mod tests {
             UidlistLock::try_lock(&dir, t.path(), "1:h").unwrap(),
             TryLock::Busy(_)
         ));
+    }
+
+    #[test]
+    fn a_fifo_in_the_locks_place_is_neither_opened_nor_removed() {
+        let t = crate::testutil::TempDir::new("lock6");
+        let dir = dirfd(t.path());
+        let lockfile = t.path().join(UIDLIST_LOCK);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&lockfile)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Opening it for reading would block for ever: an error comes back at once instead.
+        let err = UidlistLock::try_lock(&dir, t.path(), "1:h").unwrap_err();
+        assert!(err.to_string().contains("regular file"), "{err}");
+        let st = fs::symlink_metadata(&lockfile).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&st.file_type()));
     }
 
     #[test]

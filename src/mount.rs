@@ -21,6 +21,7 @@ use crate::runtime::{self, StateFile};
 use crate::snapshot::Snapshot;
 use crate::source::Source;
 use crate::sys;
+use crate::watch::{Heartbeat, Watch};
 
 /// SOURCE and MOUNTPOINT after the checks: SOURCE open once (every later access is relative
 /// to this fd), MOUNTPOINT absolute.
@@ -150,6 +151,9 @@ impl Captured {
             expunged_during_capture: self.report.vanished as u64,
             unreadable: self.report.unreadable.len() as u64,
             special_files: self.report.special_files as u64,
+            control_files_too_large: self.report.control_too_large.len() as u64,
+            stalled_accounts: self.report.stalled.len() as u64,
+            too_deep: self.report.too_deep.len() as u64,
             mount_points_skipped: self.report.skipped_mounts.len() as u64,
             mailboxes_without_lock: self.report.late_mailboxes.len() as u64,
             reads: String::new(),
@@ -170,7 +174,7 @@ pub struct AccountSummary {
 
 /// Discover, lock, capture and freeze SOURCE, without FUSE.
 pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Result<Captured> {
-    capture_tree_with(root, source, opts, &capture::Progress::default())
+    capture_tree_with(root, source, opts, &Arc::new(capture::Progress::default()))
 }
 
 /// [`capture_tree`], counting its progress in `progress`.
@@ -178,7 +182,7 @@ pub fn capture_tree_with(
     root: &OwnedFd,
     source: &Path,
     opts: &MountOptions,
-    progress: &capture::Progress,
+    progress: &Arc<capture::Progress>,
 ) -> Result<Captured> {
     let started = Instant::now();
     let started_at = crate::logging::utc_now();
@@ -205,11 +209,19 @@ pub fn capture_tree_with(
              it cannot check our pid and may override our locks; use --lock-host NAME"
         );
     }
-    let budget = PinBudget::from_rlimit();
+    let budget = Arc::new(PinBudget::from_rlimit());
     progress
         .accounts_total
         .store(found.accounts.len(), std::sync::atomic::Ordering::Relaxed);
-    let captures = capture_accounts(root, source, &found.accounts, &policy, &budget, progress)?;
+    let work = Work {
+        source: source.to_path_buf(),
+        accounts: found.accounts,
+        policy,
+        budget: Arc::clone(&budget),
+        progress: Arc::clone(progress),
+        stall_timeout: opts.stall_timeout,
+    };
+    let (captures, stalled) = capture_accounts(root, work)?;
     let accounts = captures
         .iter()
         .map(|c| AccountSummary {
@@ -223,6 +235,7 @@ pub fn capture_tree_with(
         root.as_fd(),
         source,
         captures,
+        &stalled,
         opts.exclude_indexes,
         &opts.selection,
         &budget,
@@ -239,67 +252,262 @@ pub fn capture_tree_with(
     })
 }
 
+/// What the capture workers share: the accounts to capture and how.
+struct Work {
+    source: PathBuf,
+    accounts: Vec<maildir::Account>,
+    policy: LockPolicy,
+    budget: Arc<PinBudget>,
+    progress: Arc<capture::Progress>,
+    stall_timeout: Duration,
+}
+
+/// Where the capture of each account stands. Protected by `Board::state`.
+enum Slot {
+    /// Not handed out yet.
+    Waiting,
+    /// Being captured; the watchdog follows its heartbeat.
+    Running(Arc<Watch>, Heartbeat),
+    Done(Result<AccountCapture>),
+    /// Its capture hung and was given up: its locks are released, its worker is left to end
+    /// whenever its syscall returns.
+    Stalled,
+}
+
+/// The workers' shared board.
+struct Board {
+    work: Work,
+    /// SOURCE, for the workers (a dup of the caller's fd: a stalled worker may outlive the
+    /// capture, so it owns what it uses).
+    root: OwnedFd,
+    /// The slots and the next account to hand out; `stop` once an account failed.
+    state: Mutex<BoardState>,
+    changed: parking_lot::Condvar,
+}
+
+struct BoardState {
+    slots: Vec<Slot>,
+    next: usize,
+    stop: bool,
+}
+
 /// Captures the accounts in parallel, one worker per CPU (at most 8): each worker takes the
 /// next account and captures it whole, so an account's locks are held by one thread for its
-/// own listing only, as in a sequential capture. The result is in discovery order.
-fn capture_accounts(
-    root: &OwnedFd,
-    source: &Path,
-    accounts: &[maildir::Account],
-    policy: &LockPolicy,
-    budget: &PinBudget,
-    progress: &capture::Progress,
-) -> Result<Vec<AccountCapture>> {
+/// own listing only, as in a sequential capture. The result is in discovery order, with the
+/// roots of the accounts whose capture stalled.
+///
+/// This thread is the watchdog: it follows every running capture's heartbeat, and one that
+/// has not moved for the stall timeout is revoked (its locks released from here), counted as
+/// stalled, and replaced by a new worker, so the other accounts go on whatever the stuck one
+/// is blocked in.
+fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, Vec<PathBuf>)> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8)
-        .min(accounts.len().max(1));
-    budget.reserve_table(
-        capture::expected_entries_all(root.as_fd(), accounts),
+        .min(work.accounts.len().max(1));
+    work.budget.reserve_table(
+        capture::expected_entries_all(root.as_fd(), &work.accounts),
         root.as_fd(),
     );
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<Result<AccountCapture>>>> =
-        accounts.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(account) = accounts.get(i) else {
-                        break;
-                    };
-                    let r = capture::capture_account(root.as_fd(), source, account, policy, budget);
-                    if let Ok(c) = &r {
-                        progress.account_done(c);
-                    }
-                    let failed = r.is_err();
-                    *slots[i].lock() = Some(r);
-                    if failed {
-                        // Stop handing out work; the first error is reported.
-                        next.store(accounts.len(), std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            });
-        }
+    let dup = root
+        .try_clone()
+        .map_err(|e| Error::io("cannot open source", &work.source, e))?;
+    let board = Arc::new(Board {
+        state: Mutex::new(BoardState {
+            slots: work.accounts.iter().map(|_| Slot::Waiting).collect(),
+            next: 0,
+            stop: false,
+        }),
+        work,
+        root: dup,
+        changed: parking_lot::Condvar::new(),
     });
-    let results: Vec<Option<Result<AccountCapture>>> =
-        slots.into_iter().map(Mutex::into_inner).collect();
+    for _ in 0..workers {
+        if let Err(e) = start_worker(&board) {
+            // Those started hold locks that nobody would watch any more.
+            revoke_all(&board);
+            return Err(e);
+        }
+    }
+    let mut state = board.state.lock();
+    loop {
+        let running = state.slots.iter().any(|s| matches!(s, Slot::Running(..)));
+        let handed_out = state.stop || state.next >= state.slots.len();
+        if !running && handed_out {
+            break;
+        }
+        if capture::CANCEL.load(std::sync::atomic::Ordering::Relaxed) {
+            // The signal thread has released every lock; nothing here is worth waiting for.
+            return Err(Error::msg(
+                "capture interrupted",
+                &board.work.source,
+                "stop signal",
+            ));
+        }
+        // Marked here, revoked once the board is let go: a revoke unlinks files on the very
+        // filesystem that may be hanging, and must not hold up the workers or the others.
+        let mut revoke = Vec::new();
+        for slot in state.slots.iter_mut() {
+            if let Slot::Running(watch, beat) = slot
+                && beat.silent_for(watch) >= board.work.stall_timeout
+            {
+                revoke.push(Arc::clone(watch));
+                *slot = Slot::Stalled;
+            }
+        }
+        if !revoke.is_empty() {
+            if board.work.policy.strict {
+                state.stop = true;
+            }
+            drop(state);
+            for watch in &revoke {
+                let locked = watch.holds_locks();
+                watch.revoke();
+                log::warn!(
+                    "capture of {} stalled for {:.1} s (no progress for {} s){}; the account is \
+                     shown empty",
+                    escape_path(&board.work.source.join(watch.account())),
+                    watch.elapsed().as_secs_f64(),
+                    board.work.stall_timeout.as_secs_f64(),
+                    if locked {
+                        " under its locks; locks released"
+                    } else {
+                        ""
+                    }
+                );
+                board.work.progress.finished(&display_path(watch.account()));
+                // The stuck worker will not take more work: another takes its place.
+                if let Err(e) = start_worker(&board) {
+                    revoke_all(&board);
+                    return Err(e);
+                }
+            }
+            state = board.state.lock();
+            continue;
+        }
+        board.changed.wait_for(
+            &mut state,
+            WATCHDOG_INTERVAL.min(board.work.stall_timeout / 4),
+        );
+    }
+    let slots = std::mem::take(&mut state.slots);
+    drop(state);
     // Report a real error first; an account left out is only the consequence of one.
-    let mut out = Vec::with_capacity(accounts.len());
+    let mut out = Vec::with_capacity(slots.len());
+    let mut stalled = Vec::new();
     let mut first_err = None;
-    for r in results.into_iter().flatten() {
-        match r {
-            Ok(c) => out.push(c),
-            Err(e) => {
+    for (slot, account) in slots.into_iter().zip(&board.work.accounts) {
+        match slot {
+            Slot::Done(Ok(c)) => out.push(c),
+            Slot::Done(Err(e)) => {
                 first_err.get_or_insert(e);
             }
+            Slot::Stalled => stalled.push(account.root.clone()),
+            Slot::Waiting | Slot::Running(..) => {}
         }
     }
     if let Some(e) = first_err {
         return Err(e);
     }
-    Ok(out)
+    if board.work.policy.strict
+        && let Some(first) = stalled.first()
+    {
+        return Err(Error::msg(
+            "cannot lock account",
+            board.work.source.join(first),
+            "its capture hung under its locks (--strict-lock)",
+        ));
+    }
+    Ok((out, stalled))
+}
+
+/// Stops every running capture and releases its locks (the capture is failing as a whole).
+fn revoke_all(board: &Board) {
+    let running: Vec<Arc<Watch>> = {
+        let mut state = board.state.lock();
+        state.stop = true;
+        state
+            .slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Running(w, _) => Some(Arc::clone(w)),
+                _ => None,
+            })
+            .collect()
+    };
+    for w in running {
+        w.revoke();
+    }
+}
+
+/// How often the watchdog looks at the running captures, at most.
+const WATCHDOG_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Starts one capture worker: it takes accounts off the board until none is left, and ends
+/// early if the watchdog gives up on its account (a new worker then takes its place).
+fn start_worker(board: &Arc<Board>) -> Result<()> {
+    let board = Arc::clone(board);
+    std::thread::Builder::new()
+        .name("capture".to_owned())
+        .spawn(move || {
+            loop {
+                let (i, watch) = {
+                    let mut state = board.state.lock();
+                    if state.stop || state.next >= state.slots.len() {
+                        return;
+                    }
+                    let i = state.next;
+                    state.next += 1;
+                    let account = &board.work.accounts[i];
+                    let watch = Arc::new(Watch::new(&account.root));
+                    state.slots[i] = Slot::Running(Arc::clone(&watch), Heartbeat::new(&watch));
+                    (i, watch)
+                };
+                let w = &board.work;
+                let account = &w.accounts[i];
+                let shown = display_path(&account.root);
+                w.progress.started(&shown);
+                let r = capture::capture_account(
+                    board.root.as_fd(),
+                    &w.source,
+                    account,
+                    &w.policy,
+                    &w.budget,
+                    &watch,
+                );
+                let mut state = board.state.lock();
+                if let Slot::Stalled = state.slots[i] {
+                    // Given up on while this thread was stuck; the pins of what it made are
+                    // closed as `r` drops. A new worker has taken this one's place.
+                    drop(state);
+                    if let Ok(c) = r {
+                        capture::release_pins(c.mailboxes, &w.budget);
+                    }
+                    return;
+                }
+                w.progress.finished(&shown);
+                if let Ok(c) = &r {
+                    w.progress.account_done(c);
+                }
+                if r.is_err() {
+                    // Stop handing out work; the first error is reported.
+                    state.stop = true;
+                }
+                state.slots[i] = Slot::Done(r);
+                board.changed.notify_all();
+            }
+        })
+        .map(drop)
+        .map_err(|e| Error::io("cannot start a capture thread", "maildirfs", e))
+}
+
+/// An account's path relative to SOURCE as the summary shows it (`.` for SOURCE itself).
+fn display_path(rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel.to_path_buf()
+    }
 }
 
 /// Test-only: keep each account's locks this long after listing (`MAILDIRFS_TEST_HOLD_MS`).
@@ -320,6 +528,8 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     sys::fix_mmap_threshold();
     let unmounter: Arc<Mutex<Option<fuser::SessionUnmounter>>> = Arc::new(Mutex::new(None));
     let u = Arc::clone(&unmounter);
+    let mut stop_report = notifier.clone_pipe();
+    let source = checked.source.clone();
     std::thread::Builder::new()
         .name("signals".to_owned())
         .spawn(move || {
@@ -327,16 +537,41 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
                 let sig = sys::wait_stop_signal();
                 log::info!("signal {sig}: stopping");
                 capture::CANCEL.store(true, std::sync::atomic::Ordering::Relaxed);
-                if let Some(um) = u.lock().as_mut()
-                    && let Err(e) = um.unmount()
-                {
-                    log::warn!("cannot unmount: {e}");
+                // First, whatever the other threads are doing or stuck in: no lock of ours
+                // outlives the signal.
+                let released = crate::lock::release_all();
+                if released > 0 {
+                    log::info!("released {released} locks");
                 }
+                if unmount_if_serving(&u) {
+                    continue;
+                }
+                // Discovering, capturing or freezing: the main flow stops by itself at its
+                // next check; if it is stuck in a syscall, end the process.
+                std::thread::sleep(STOP_GRACE);
+                if unmount_if_serving(&u) {
+                    continue;
+                }
+                let err = Error::msg("mount interrupted", &source, format!("signal {sig}"));
+                log::error!("{err}; ending the capture");
+                match stop_report.as_mut() {
+                    Some(p) => {
+                        let _ = std::io::Write::write_all(p, format!("ERR {err}\n").as_bytes());
+                    }
+                    None => eprintln!("maildirfs: {err}"),
+                }
+                log::logger().flush();
+                // A thread stuck in an uninterruptible read keeps this process's fds open
+                // after it ends; the caller's stdio must not be among them, or a caller
+                // reading our output to its end would wait as long.
+                crate::logging::detach_stderr();
+                let _ = sys::detach_stdio();
+                sys::exit_now(1);
             }
         })
         .map_err(|e| Error::io("cannot start signal thread", "maildirfs", e))?;
 
-    let progress = capture::Progress::default();
+    let progress = Arc::new(capture::Progress::default());
     let mut sink = notifier.progress_sink(opts.progress);
     let started = Instant::now();
     let captured = std::thread::scope(|s| {
@@ -386,6 +621,9 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
             .clamp(1, 8),
     );
     config.clone_fd = true;
+    // Held while mounting: a stop signal now waits for the mount and then unmounts it, rather
+    // than end the process under a half-made mount.
+    let mut stopper = unmounter.lock();
     if capture::CANCEL.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(Error::msg(
             "mount interrupted",
@@ -395,7 +633,8 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     }
     let mut session = fuser::Session::new(fs, &checked.mountpoint, &config)
         .map_err(|e| Error::io("cannot mount", &checked.mountpoint, e))?;
-    *unmounter.lock() = Some(session.unmount_callable());
+    *stopper = Some(session.unmount_callable());
+    drop(stopper);
     // The kernel has connected (init ran): say how reads are served.
     let summary = match ReadPath::from_u8(read_path.load(std::sync::atomic::Ordering::Relaxed)) {
         ReadPath::Passthrough => {
@@ -480,6 +719,22 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
         s.remove();
     }
     result.map_err(|e| Error::io("serving failed", &checked.mountpoint, e))
+}
+
+/// How long a stop signal waits for the capture to stop by itself before it ends the process
+/// (the locks are released before this wait).
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// Unmounts the view if it is mounted; false while there is none yet.
+fn unmount_if_serving(u: &Mutex<Option<fuser::SessionUnmounter>>) -> bool {
+    let mut guard = u.lock();
+    let Some(um) = guard.as_mut() else {
+        return false;
+    };
+    if let Err(e) = um.unmount() {
+        log::warn!("cannot unmount: {e}");
+    }
+    true
 }
 
 /// How often the capture progress line is brought up to date.
@@ -587,6 +842,28 @@ pub fn summary_line(checked: &Checked, c: &Captured) -> String {
         line.push_str(&format!(
             "; {} special files (FIFO, socket, device) left out",
             c.report.special_files
+        ));
+    }
+    if let Some(first) = c.report.control_too_large.first() {
+        line.push_str(&format!(
+            "; {} control files left out as too large (first: {})",
+            c.report.control_too_large.len(),
+            display_rel(first)
+        ));
+    }
+    if let Some(first) = c.report.stalled.first() {
+        line.push_str(&format!(
+            "; {} accounts STALLED during capture, their locks released, shown empty (first: {})",
+            c.report.stalled.len(),
+            display_rel(first)
+        ));
+    }
+    if let Some(first) = c.report.too_deep.first() {
+        line.push_str(&format!(
+            "; {} directories more than {} levels deep shown empty (first: {})",
+            c.report.too_deep.len(),
+            crate::maildir::discover::MAX_DEPTH,
+            display_rel(first)
         ));
     }
     line

@@ -14,6 +14,9 @@ pub struct MountOptions {
     pub source: PathBuf,
     pub mountpoint: PathBuf,
     pub lock_timeout: Duration,
+    /// `--stall-timeout`: how long one operation under an account's locks may take (see
+    /// `watch.rs`).
+    pub stall_timeout: Duration,
     pub no_lock: bool,
     pub strict_lock: bool,
     pub exclude_indexes: bool,
@@ -41,6 +44,7 @@ impl MountOptions {
             source,
             mountpoint,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            stall_timeout: crate::watch::STALL_TIMEOUT,
             no_lock: false,
             strict_lock: false,
             exclude_indexes: false,
@@ -93,6 +97,12 @@ impl MountOptions {
                         .parse()
                         .map_err(|_| format!("option lock_timeout={v}: not a number of seconds"))?;
                     self.lock_timeout = Duration::from_secs(secs);
+                }
+                ("stall_timeout", Some(v)) => {
+                    let secs: u64 = v.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
+                        format!("option stall_timeout={v}: not a whole number of seconds above 0")
+                    })?;
+                    self.stall_timeout = Duration::from_secs(secs);
                 }
                 ("log_file", Some(v)) if !v.is_empty() => self.log_file = Some(PathBuf::from(v)),
                 ("lock_host", Some(v)) => self.lock_host = Some(valid_lock_host(v)?),

@@ -22,6 +22,8 @@ pub struct PinBudget {
     left: AtomicUsize,
     /// Pins held now.
     in_use: AtomicUsize,
+    /// Pins adopted over the budget (see [`PinBudget::adopt`]), not yet paid back.
+    overdrawn: AtomicUsize,
     /// fds open when the budget was made.
     base: usize,
     /// The soft `RLIMIT_NOFILE` in force, for the summary.
@@ -37,6 +39,7 @@ impl PinBudget {
         PinBudget {
             left: AtomicUsize::new(left),
             in_use: AtomicUsize::new(0),
+            overdrawn: AtomicUsize::new(0),
             base: used,
             limit,
         }
@@ -47,6 +50,7 @@ impl PinBudget {
         PinBudget {
             left: AtomicUsize::new(n),
             in_use: AtomicUsize::new(0),
+            overdrawn: AtomicUsize::new(0),
             base: sys::open_fd_count(),
             limit: n as u64,
         }
@@ -71,6 +75,22 @@ impl PinBudget {
         }
     }
 
+    /// Counts `fd`, opened by the caller, as a pin: within the budget if there is room, else
+    /// over it (a file that must be pinned whatever the budget: a `dovecot-uidlist` too large
+    /// to hold in memory; without it a restore loses every UID). The overdraft is paid back
+    /// first when pins are released.
+    pub fn adopt(&self, fd: OwnedFd) -> OwnedFd {
+        if self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+        {
+            self.overdrawn.fetch_add(1, Ordering::Relaxed);
+        }
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        fd
+    }
+
     /// Whether no pin is left.
     pub fn exhausted(&self) -> bool {
         self.left.load(Ordering::Relaxed) == 0
@@ -79,7 +99,13 @@ impl PinBudget {
     /// Gives back the budget of a pin that was dropped.
     pub fn release(&self) {
         self.in_use.fetch_sub(1, Ordering::Relaxed);
-        self.left.fetch_add(1, Ordering::Relaxed);
+        let repaid = self
+            .overdrawn
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if !repaid {
+            self.left.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Sets aside up to `n` fds of the budget for directories held open for a while (an

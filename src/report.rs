@@ -29,6 +29,12 @@ pub struct MountReport {
     pub expunged_during_capture: u64,
     pub unreadable: u64,
     pub special_files: u64,
+    /// Control files left out for their size.
+    pub control_files_too_large: u64,
+    /// Accounts whose capture hung under their locks (locks released, shown empty).
+    pub stalled_accounts: u64,
+    /// Directories deeper than the depth limit, shown empty.
+    pub too_deep: u64,
     pub mount_points_skipped: u64,
     pub mailboxes_without_lock: u64,
     /// "kernel-cache", "passthrough" or "no-passthrough" (asked, refused).
@@ -85,6 +91,12 @@ impl MountReport {
             ("unreadable", self.unreadable.to_string()),
             ("special_files", self.special_files.to_string()),
             (
+                "control_files_too_large",
+                self.control_files_too_large.to_string(),
+            ),
+            ("stalled_accounts", self.stalled_accounts.to_string()),
+            ("too_deep", self.too_deep.to_string()),
+            (
                 "mount_points_skipped",
                 self.mount_points_skipped.to_string(),
             ),
@@ -129,6 +141,9 @@ impl MountReport {
                 "expunged_during_capture" => r.expunged_during_capture = n(),
                 "unreadable" => r.unreadable = n(),
                 "special_files" => r.special_files = n(),
+                "control_files_too_large" => r.control_files_too_large = n(),
+                "stalled_accounts" => r.stalled_accounts = n(),
+                "too_deep" => r.too_deep = n(),
                 "mount_points_skipped" => r.mount_points_skipped = n(),
                 "mailboxes_without_lock" => r.mailboxes_without_lock = n(),
                 "reads" => r.reads = v.clone(),
@@ -185,6 +200,12 @@ impl MountReport {
             ),
             ("unreadable", self.unreadable.into()),
             ("special_files_left_out", self.special_files.into()),
+            (
+                "control_files_too_large",
+                self.control_files_too_large.into(),
+            ),
+            ("stalled_accounts", self.stalled_accounts.into()),
+            ("directories_too_deep", self.too_deep.into()),
             ("mount_points_not_entered", self.mount_points_skipped.into()),
             (
                 "mailboxes_created_during_capture",
@@ -241,6 +262,15 @@ impl MountReport {
             ),
             (self.mount_points_skipped, "mount points not entered"),
             (self.special_files, "special files left out"),
+            (
+                self.control_files_too_large,
+                "control files left out as too large",
+            ),
+            (
+                self.stalled_accounts,
+                "accounts whose capture hung (locks released, shown empty)",
+            ),
+            (self.too_deep, "directories too deep, shown empty"),
         ];
         for (n, what) in problems.iter().filter(|(n, _)| *n > 0) {
             s.push_str(&format!("  {n} {what}\n"));

@@ -232,6 +232,12 @@ pub struct DirEntry {
 /// Lists a directory from its start with `getdents64`, skipping `.` and `..`. The fd's offset
 /// is rewound first, so the same fd can be listed again for the listing check.
 pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
+    read_dir_with(dir, &mut || ())
+}
+
+/// [`read_dir`], calling `batch` after each `getdents64` call (a heartbeat for the stall
+/// watchdog: a huge directory is many calls, and only one that hangs is a stall).
+pub fn read_dir_with(dir: BorrowedFd<'_>, batch: &mut dyn FnMut()) -> io::Result<Vec<DirEntry>> {
     // SAFETY: lseek on a directory fd to offset 0 rewinds the getdents stream.
     if unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
         return Err(io::Error::last_os_error());
@@ -258,6 +264,7 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
         if n == 0 {
             return Ok(out);
         }
+        batch();
         let mut off = 0usize;
         let n = n as usize;
         while off < n {
@@ -351,6 +358,27 @@ pub fn waitpid(pid: i32) -> io::Result<i32> {
     }
 }
 
+/// Waits at most `limit` for child `pid` to exit; its wait status, or `None` if it has not
+/// exited by then (it is then left to init, which reaps it once it does).
+pub fn waitpid_for(pid: i32, limit: std::time::Duration) -> Option<i32> {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid out pointer; WNOHANG makes the call return at once.
+        let ret = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if ret == pid {
+            return Some(status);
+        }
+        if ret < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
+        }
+        if std::time::Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// `setsid()`: leave the caller's session so its terminal's signals do not reach us.
 pub fn setsid() -> io::Result<()> {
     // SAFETY: setsid has no memory-safety preconditions.
@@ -409,6 +437,15 @@ pub fn wait_stop_signal() -> libc::c_int {
             return sig;
         }
     }
+}
+
+/// Ends the process at once with `code`, without running exit handlers or waiting for
+/// anything: for the signal thread when the main flow is stuck in a syscall. Nothing buffered
+/// is lost (the log writes each line through), and the kernel closes every fd.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) takes an int and never returns; it is async-signal-safe and needs no
+    // state of ours.
+    unsafe { libc::_exit(code) }
 }
 
 /// `umount2(path, flags)`.

@@ -318,6 +318,12 @@ fn progress_line_shows_on_a_terminal_only_and_quiet_silences_it() {
         "{shown:?}"
     );
     assert!(shown.contains("/2, "), "{shown:?}");
+    // It names the account being captured, with how long it has taken so far.
+    assert!(
+        shown.contains("; now example.org/alice/Maildir (")
+            || shown.contains("; now example.org/bob/Maildir ("),
+        "{shown:?}"
+    );
     assert!(shown.contains("maildirfs: mounted "), "{shown:?}");
     drop(guard);
 

@@ -162,6 +162,7 @@ fn captured_ids(
             account,
             policy,
             &PinBudget::fixed(10_000),
+            &maildirfs::watch::Watch::new(&account.root),
         )
         .unwrap();
         for (rel, m) in c.mailboxes {

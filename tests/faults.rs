@@ -187,7 +187,7 @@ fn eio_under_a_pinned_file_reaches_the_reader_and_is_logged() {
     );
     let log = fx.dir.join("log");
     let m = Mounted::new(&fx, &["--no-lock", "--log-file", log.to_str().unwrap()]);
-    assert!(m.stderr.contains("all 3 files pinned"), "{}", m.stderr);
+    assert!(m.stderr.contains("all 4 files pinned"), "{}", m.stderr);
     failing.store(true, Ordering::SeqCst);
     let bad = m.mnt.join(faulty::BAD);
     assert_eq!(read_err(&bad), Some(libc::EIO));
@@ -305,4 +305,142 @@ fn control_files_rewritten_while_read_are_served_whole_or_reported() {
     {
         assert!(line.contains("dovecot-"), "{line}");
     }
+}
+
+/// A source on which reading one account's `dovecot-keywords` hangs, as on a wedged disk or
+/// NFS server, while maildirfs holds that account's locks. When dropped, it answers the hung
+/// reads and unmounts once the servers that used it are gone (lazily after 10 s), so nothing
+/// blocked in a read, and no mount, outlives the test.
+struct HungSource {
+    stall: Arc<faulty::Stall>,
+    at: std::path::PathBuf,
+    _session: fuser::BackgroundSession,
+}
+
+impl HungSource {
+    fn mount(fx: &Fixture) -> HungSource {
+        let stall = faulty::Stall::new();
+        stall.engage();
+        let session = faulty::mount_with(
+            &fx.src(),
+            faulty::Controls {
+                stall: Arc::clone(&stall),
+                writable: true,
+                ..faulty::Controls::default()
+            },
+        );
+        assert!(
+            wait_for(Duration::from_secs(10), || fx
+                .src()
+                .join("other/Maildir/cur")
+                .exists()),
+            "the faulty source did not come up"
+        );
+        HungSource {
+            stall,
+            at: fx.src(),
+            _session: session,
+        }
+    }
+}
+
+impl Drop for HungSource {
+    fn drop(&mut self) {
+        self.stall.release();
+        let umount = |lazy: bool| {
+            let mut c = std::process::Command::new("umount");
+            if lazy {
+                c.arg("-l");
+            }
+            c.arg(&self.at)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // Busy while a server that held a read on it finishes exiting.
+        if !wait_for(Duration::from_secs(10), || umount(false)) {
+            umount(true);
+        }
+    }
+}
+
+#[test]
+fn a_capture_hung_under_its_locks_releases_them_and_the_other_accounts_are_served() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("faults-stall");
+    // Declared before the view, so dropped after it.
+    let source = HungSource::mount(&fx);
+    let log = fx.dir.join("log");
+    let m = Mounted::new(
+        &fx,
+        &["--stall-timeout", "1", "--log-file", log.to_str().unwrap()],
+    );
+    // The read is still hung: the locks were released while the capture was stuck in it.
+    assert!(source.stall.waiting() >= 1, "the keywords read is held");
+    assert_eq!(lock_files(&fx.src()), Vec::<std::path::PathBuf>::new());
+    assert!(
+        m.stderr
+            .contains("1 accounts STALLED during capture, their locks released"),
+        "summary: {}",
+        m.stderr
+    );
+    // The hung account is shown empty; the other is served.
+    assert_eq!(std::fs::read_dir(m.mnt.join("Maildir")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read(m.mnt.join(faulty::OTHER)).unwrap(),
+        b"Subject: other\n\nserved\n"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("stalled") && logged.contains("locks released"),
+        "log: {logged}"
+    );
+    // Unmounting works while the worker is still stuck (`umount` waits for the server's state
+    // file, which it closes on the way out whatever its threads are blocked in).
+    m.umount();
+    assert!(source.stall.waiting() >= 1, "still held when unmounted");
+    // The disk comes back: the stuck worker's read is answered.
+    source.stall.release();
+    assert!(wait_for(Duration::from_secs(5), || source.stall.waiting() == 0));
+    assert_eq!(lock_files(&fx.src()), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn sigterm_during_a_hung_capture_releases_every_lock_within_a_second() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("faults-stall-term");
+    let source = HungSource::mount(&fx);
+    // A stall timeout far beyond the test: only the signal can free the locks.
+    let child = spawn_mount(&fx, &["--stall-timeout", "600"], &[]);
+    let lock = fx.src().join("Maildir/dovecot-uidlist.lock");
+    let pid = wait_for_lock(&lock);
+    assert!(
+        wait_for(Duration::from_secs(10), || source.stall.waiting() >= 1),
+        "the capture did not reach the hung read"
+    );
+    assert!(lock.exists(), "the lock is held while the capture hangs");
+    signal(pid, "-TERM");
+    let sent = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(1), || lock_files(&fx.src()).is_empty()),
+        "locks left {:?} after {:?}",
+        lock_files(&fx.src()),
+        sent.elapsed()
+    );
+    eprintln!("locks gone {:?} after SIGTERM", sent.elapsed());
+    // The server ends on its own, though its capture thread is still blocked in the read.
+    assert!(
+        wait_gone(pid, Duration::from_secs(10)),
+        "the server is still running"
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("interrupted"), "stderr: {stderr}");
+    assert!(!is_mounted(&fx.mnt()));
+    assert_eq!(lock_files(&fx.src()), Vec::<std::path::PathBuf>::new());
 }

@@ -5,6 +5,11 @@
 //! The walk opens each directory relative to its parent with `O_NOFOLLOW`, so it never leaves
 //! SOURCE through a symlink, and it stays on SOURCE's filesystem (like `rsync -x`), recording
 //! the mount points it did not enter.
+//!
+//! It goes no deeper than [`MAX_DEPTH`] levels below an account's root mailbox (or below
+//! SOURCE outside accounts): real Maildirs are a few levels deep, and a tree nested thousands
+//! deep by an account's owner must cost neither time nor fds without bound. Freeze applies
+//! the same limit, and says what it did not enter.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -15,6 +20,10 @@ use crate::error::{Error, Result};
 use crate::maildir::names::{self, Place};
 use crate::select::{Selection, Visibility};
 use crate::sys;
+
+/// How many levels below an account's root mailbox (or below SOURCE, outside accounts) are
+/// searched and shown; deeper directories are shown empty, with a warning.
+pub const MAX_DEPTH: usize = 256;
 
 /// One account: a top-level mailbox and the mailboxes below it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +69,7 @@ pub fn discover(
         selection,
         out: Discovery::default(),
     };
-    walk.visit(root, PathBuf::new(), None)?;
+    walk.visit(root, PathBuf::new(), None, 0)?;
     for account in &mut walk.out.accounts {
         account
             .mailboxes
@@ -84,8 +93,19 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// Visits the directory `dir` at `rel`; `account` is the index of the account it lies in.
-    fn visit(&mut self, dir: BorrowedFd<'_>, rel: PathBuf, account: Option<usize>) -> Result<()> {
+    /// Visits the directory `dir` at `rel`; `account` is the index of the account it lies in,
+    /// `depth` how many levels it is below that account's root (or below SOURCE).
+    fn visit(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        rel: PathBuf,
+        account: Option<usize>,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > MAX_DEPTH {
+            // Freeze shows it empty and logs it.
+            return Ok(());
+        }
         let entries = match sys::read_dir(dir) {
             Ok(e) => e,
             Err(e) if rel.as_os_str().is_empty() => {
@@ -100,6 +120,11 @@ impl Walk<'_> {
         // A directory only on the way to selected ones is searched but is no mailbox itself.
         let shown = self.selection.visibility(&rel) == Visibility::Shown;
         let mailbox = shown && is_mailbox(dir, &entries);
+        let child_depth = if mailbox && account.is_none() {
+            1
+        } else {
+            depth + 1
+        };
         let account = if mailbox {
             let idx = account.unwrap_or_else(|| {
                 self.out.accounts.push(Account {
@@ -144,7 +169,7 @@ impl Walk<'_> {
             if !self.same_fs(&child, &child_rel) {
                 continue;
             }
-            self.visit(child.as_fd(), child_rel, account)?;
+            self.visit(child.as_fd(), child_rel, account, child_depth)?;
         }
         Ok(())
     }

@@ -2,17 +2,20 @@
 //! source (lock suffixes, temp prefixes, trash directories) and from Postfix, Courier and NFS
 //! (silly-rename files); see `docs/DESIGN.md`, "What the image hides".
 
-/// The control files read into memory under the uidlist lock and served as those bytes. They
-/// are what Dovecot rewrites only under its locks, and what keeps UIDs, keywords and
-/// subscriptions intact on restore.
+/// The control files captured under the uidlist lock (read into memory, or for a large
+/// uidlist pinned) and served as those bytes. They are what Dovecot rewrites only under its
+/// locks, and what keeps UIDs, keywords and subscriptions intact on restore.
 pub const CONTROL_FILES: &[&[u8]] = &[
-    b"dovecot-uidlist",
+    UIDLIST,
     b"dovecot-keywords",
     b"dovecot-acl",
     b"dovecot-shared",
     b"subscriptions",
     b"maildirfolder",
 ];
+
+/// The UID list: the one control file that is never left out of the image.
+pub const UIDLIST: &[u8] = b"dovecot-uidlist";
 
 /// The lock file Dovecot and maildirfs take on each mailbox's control directory.
 pub const UIDLIST_LOCK: &str = "dovecot-uidlist.lock";
