@@ -364,13 +364,18 @@ fn show(rel: &Path) -> String {
     }
 }
 
-/// Reads a regular file of `dir` whole; `None` if there is none.
+/// Reads a regular file of `dir` whole; `None` if there is none. `O_NONBLOCK` and the type
+/// check keep a FIFO in its place from blocking the check.
 fn read_file(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-    let fd = match sys::openat(dir, OsStr::from_bytes(name), libc::O_RDONLY) {
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let fd = match sys::openat(dir, OsStr::from_bytes(name), flags) {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(e),
     };
+    if sys::fstat(std::os::fd::AsFd::as_fd(&fd))?.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(std::io::Error::other("not a regular file"));
+    }
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes)?;
     Ok(Some(bytes))
@@ -400,6 +405,20 @@ mod tests {
         assert_eq!((v.accounts, v.mailboxes, v.messages), (1, 1, 2));
         // The new message is not numbered yet: a note.
         assert_eq!(v.notes.len(), 1, "{}", v.to_text());
+    }
+
+    #[test]
+    fn a_fifo_in_the_uidlists_place_is_a_problem_not_a_hang() {
+        let t = crate::testutil::TempDir::new("verify-fifo");
+        let m = t.path().join("Maildir");
+        mkbox(&m);
+        let made = std::process::Command::new("mkfifo")
+            .arg(m.join("dovecot-uidlist"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let text = verify(t.path()).unwrap().to_text();
+        assert!(text.contains("not a regular file"), "{text}");
     }
 
     #[test]

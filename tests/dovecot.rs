@@ -62,8 +62,10 @@ fn dovecot_waits_for_our_locks_and_deliveries_do_not() {
             .output()
             .unwrap()
     });
+    // A lock is created, then written: wait for its content.
     assert!(
-        wait_for(Duration::from_secs(10), || lock.exists()),
+        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&lock)
+            .is_ok_and(|c| !c.is_empty())),
         "no lock taken"
     );
     let ours = std::fs::read_to_string(&lock).unwrap_or_default();

@@ -174,19 +174,19 @@ pub fn spawn_mount(fx: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> std::p
         .expect("start maildirfs mount")
 }
 
-/// Waits (10 s at most) until the lock file `lock` exists and returns the pid it names.
+/// Waits (10 s at most) until the lock file `lock` exists and names a pid (a lock is created,
+/// then written), and returns that pid.
 pub fn wait_for_lock(lock: &Path) -> i32 {
+    let pid = || -> Option<i32> {
+        let content = std::fs::read_to_string(lock).ok()?;
+        content.split(':').next()?.parse().ok()
+    };
     assert!(
-        wait_for(Duration::from_secs(10), || lock.exists()),
-        "no lock at {}",
+        wait_for(Duration::from_secs(10), || pid().is_some()),
+        "no lock naming a pid at {}",
         lock.display()
     );
-    let content = std::fs::read_to_string(lock).unwrap_or_default();
-    content
-        .split(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("lock content {content:?}"))
+    pid().unwrap_or_else(|| panic!("lock {} went away", lock.display()))
 }
 
 /// Sends `sig` ("-TERM", "-KILL", ...) to `pid`.
