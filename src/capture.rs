@@ -10,6 +10,11 @@
 //! procmail never lock) nor MUAs that rename without a lock, so the check is what catches
 //! them. A listing that never settles keeps the union of base names seen.
 //!
+//! The costly part of a listing is opening a pin per file, so that is done *before* the locks
+//! are taken ([`prepin`]; it warms the caches too): under the locks each listed (name, inode)
+//! is confirmed against its pre-pin, only names that are new get a pin, and a pre-pin whose
+//! name is gone or names another inode now is dropped. The lock is held for a listing.
+//!
 //! Everything else (stat, reading other files) happens in `freeze` after the locks are gone.
 //!
 //! What an account's owner can plant cannot hurt the capture: control files are opened
@@ -352,13 +357,15 @@ fn capture_set(
     let mut rng = Jitter::new();
     let mut backoff = Duration::from_millis(10);
     let mut why_unlocked: Option<String> = policy.no_lock.then(|| "--no-lock given".to_owned());
+    // Before any lock: what the locked listing will confirm rather than open.
+    let mut prepinned = prepin(dirs, budget, watch);
     while why_unlocked.is_none() {
         cancelled(source)?;
         stalled(source, account, watch)?;
         match lock_all(dirs, source, &content, watch) {
             Ok(LockRound::All(locks)) => {
                 let started = Instant::now();
-                let listed = list_all(dirs, source, budget, watch);
+                let listed = list_all(dirs, source, budget, watch, &mut prepinned);
                 if !policy.test_hold.is_zero() {
                     hold_for_test(policy.test_hold, source, watch)?;
                 }
@@ -444,7 +451,7 @@ fn capture_set(
             crate::error::escape_path(&where_)
         );
     }
-    let mailboxes = list_all(dirs, source, budget, watch)?;
+    let mailboxes = list_all(dirs, source, budget, watch, &mut prepinned)?;
     stalled(source, account, watch)?;
     Ok(AccountCapture {
         root: account.root.clone(),
@@ -570,11 +577,13 @@ pub fn release_pins(m: HashMap<PathBuf, MailboxCapture>, budget: &PinBudget) {
     }
 }
 
+/// Captures every mailbox of `dirs`, using (and so emptying) their pre-pins.
 fn list_all(
     dirs: &[(PathBuf, Arc<OwnedFd>)],
     source: &Path,
     budget: &PinBudget,
     watch: &Watch,
+    prepinned: &mut HashMap<PathBuf, PrePinned>,
 ) -> Result<HashMap<PathBuf, MailboxCapture>> {
     let mut out = HashMap::with_capacity(dirs.len());
     let mut control = ControlBudget::new();
@@ -582,7 +591,16 @@ fn list_all(
         if watch.revoked() {
             break;
         }
-        match capture_mailbox(fd.as_fd(), &source.join(rel), budget, &mut control, watch) {
+        let pre = prepinned.remove(rel).unwrap_or_default();
+        let captured = capture_mailbox_with(
+            fd.as_fd(),
+            &source.join(rel),
+            budget,
+            &mut control,
+            watch,
+            pre,
+        );
+        match captured {
             Ok(m) => {
                 out.insert(rel.clone(), m);
             }
@@ -616,6 +634,32 @@ pub fn capture_mailbox(
     control: &mut ControlBudget,
     watch: &Watch,
 ) -> Result<MailboxCapture> {
+    capture_mailbox_with(dir, path, budget, control, watch, PrePinned::default())
+}
+
+/// [`capture_mailbox`], confirming the files of `pre` (pinned before the lock) instead of
+/// opening them again. Every pre-pin is used or dropped (with its budget) before it returns.
+fn capture_mailbox_with(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    budget: &PinBudget,
+    control: &mut ControlBudget,
+    watch: &Watch,
+    mut pre: PrePinned,
+) -> Result<MailboxCapture> {
+    let captured = capture_listed(dir, path, budget, control, watch, &mut pre);
+    pre.drop_all(budget);
+    captured
+}
+
+fn capture_listed(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    budget: &PinBudget,
+    control: &mut ControlBudget,
+    watch: &Watch,
+    pre: &mut PrePinned,
+) -> Result<MailboxCapture> {
     let mut unreadable = Vec::new();
     let new = open_messages_dir(dir, path, names::NEW, &mut unreadable)?;
     let cur = open_messages_dir(dir, path, names::CUR, &mut unreadable)?;
@@ -638,7 +682,7 @@ pub fn capture_mailbox(
                 unreadable,
                 left_out,
             };
-            pin_listed(&mut m, &new, &cur, budget, watch);
+            pin_listed(&mut m, &new, &cur, budget, watch, pre);
             return Ok(m);
         }
         log::debug!(
@@ -670,7 +714,7 @@ pub fn capture_mailbox(
         unreadable,
         left_out,
     };
-    pin_listed(&mut m, &new, &cur, budget, watch);
+    pin_listed(&mut m, &new, &cur, budget, watch, pre);
     Ok(m)
 }
 
@@ -688,13 +732,27 @@ fn pin_listed(
     cur: &Option<OwnedFd>,
     budget: &PinBudget,
     watch: &Watch,
+    pre: &mut PrePinned,
 ) {
     let started = Instant::now();
-    for (fd, list) in [(new, &mut m.new), (cur, &mut m.cur)] {
+    for (fd, list, pre) in [
+        (new, &mut m.new, &mut pre.new),
+        (cur, &mut m.cur, &mut pre.cur),
+    ] {
         let Some(fd) = fd else { continue };
         for l in list.iter_mut().filter(|l| l.d_type != libc::DT_LNK) {
             if watch.revoked() {
                 break;
+            }
+            // Pinned before the lock as this very inode (which the pin kept from being freed
+            // and reused): the listing under the lock confirms it.
+            if let Some((ino, pin)) = pre.remove(l.name.as_slice()) {
+                if ino == l.ino {
+                    l.pin = Some(pin);
+                    continue;
+                }
+                drop(pin);
+                budget.release();
             }
             l.pin = budget.pin(fd.as_fd(), OsStr::from_bytes(&l.name), l.d_type);
             watch.beat();
@@ -732,6 +790,67 @@ fn pin_listed(
         }
     }
     m.pin_time = started.elapsed();
+}
+
+/// One mailbox's files pinned before its lock was taken: by name, in `new/` and `cur/`, each
+/// with the inode its pin holds.
+#[derive(Debug, Default)]
+pub struct PrePinned {
+    new: HashMap<Vec<u8>, (u64, OwnedFd)>,
+    cur: HashMap<Vec<u8>, (u64, OwnedFd)>,
+}
+
+impl PrePinned {
+    /// Closes the pre-pins the locked listing did not confirm, giving back their budget.
+    fn drop_all(&mut self, budget: &PinBudget) {
+        for _ in self.new.drain().chain(self.cur.drain()) {
+            budget.release();
+        }
+    }
+}
+
+/// Pins the files of every mailbox of `dirs` before the locks are taken, within the budget,
+/// so that the locked listing only confirms them. A mailbox whose `new/` or `cur/` cannot be
+/// listed is simply not pre-pinned (the locked capture says why).
+fn prepin(
+    dirs: &[(PathBuf, Arc<OwnedFd>)],
+    budget: &PinBudget,
+    watch: &Watch,
+) -> HashMap<PathBuf, PrePinned> {
+    let mut out = HashMap::with_capacity(dirs.len());
+    for (rel, mailbox) in dirs {
+        let mut pre = PrePinned::default();
+        for (sub, into) in [(names::NEW, &mut pre.new), (names::CUR, &mut pre.cur)] {
+            let Ok(dir) = sys::open_dir_at(mailbox.as_fd(), OsStr::from_bytes(sub)) else {
+                continue;
+            };
+            let Ok(entries) = sys::read_dir_with(dir.as_fd(), &mut || watch.beat()) else {
+                continue;
+            };
+            for e in entries {
+                if budget.exhausted() || watch.revoked() {
+                    break;
+                }
+                if e.d_type != libc::DT_REG || names::is_hidden(&e.name, Place::MessageDir, false) {
+                    continue;
+                }
+                let Some(pin) = budget.pin(dir.as_fd(), OsStr::from_bytes(&e.name), e.d_type)
+                else {
+                    continue;
+                };
+                watch.beat();
+                // The inode the pin holds, which the locked listing must show under this name.
+                match sys::fstat(pin.as_fd()) {
+                    Ok(st) => {
+                        into.insert(e.name, (st.st_ino, pin));
+                    }
+                    Err(_) => budget.release(),
+                }
+            }
+        }
+        out.insert(rel.clone(), pre);
+    }
+    out
 }
 
 /// The current name of every entry of a mailbox's `new/` and `cur/`, by inode number, with
@@ -1091,6 +1210,56 @@ mod tests {
             panic!("a small uidlist is held in memory")
         };
         assert_eq!(&**bytes, b"3 V1 N3\n1 :1.a\n");
+    }
+
+    #[test]
+    fn pins_taken_before_the_lock_are_confirmed_or_dropped() {
+        use std::os::unix::fs::MetadataExt;
+        let t = crate::testutil::TempDir::new("prepin");
+        for d in ["cur", "new", "tmp"] {
+            fs::create_dir(t.path().join(d)).unwrap();
+        }
+        fs::write(t.path().join("cur/1.kept:2,S"), "kept").unwrap();
+        fs::write(t.path().join("cur/2.replaced:2,S"), "old").unwrap();
+        fs::write(t.path().join("cur/3.renamed:2,"), "renamed").unwrap();
+        fs::write(t.path().join("new/4.gone"), "gone").unwrap();
+        let dir = Arc::new(OwnedFd::from(fs::File::open(t.path()).unwrap()));
+        let dirs = vec![(PathBuf::new(), Arc::clone(&dir))];
+        let budget = PinBudget::fixed(100);
+        let watch = Watch::new(Path::new(""));
+        let mut pre = prepin(&dirs, &budget, &watch);
+        assert_eq!(budget.in_use(), 4);
+        // Between the pre-pins and the lock: one name now names another file, one file is
+        // renamed (a flag change), one is expunged.
+        fs::remove_file(t.path().join("cur/2.replaced:2,S")).unwrap();
+        fs::write(t.path().join("cur/2.replaced:2,S"), "new").unwrap();
+        fs::rename(
+            t.path().join("cur/3.renamed:2,"),
+            t.path().join("cur/3.renamed:2,S"),
+        )
+        .unwrap();
+        fs::remove_file(t.path().join("new/4.gone")).unwrap();
+        let m = capture_mailbox_with(
+            dir.as_fd(),
+            t.path(),
+            &budget,
+            &mut ControlBudget::new(),
+            &watch,
+            pre.remove(Path::new("")).unwrap(),
+        )
+        .unwrap();
+        assert!(m.new.is_empty());
+        assert_eq!(m.cur.len(), 3);
+        for l in &m.cur {
+            // Every pin is the file the locked listing names, whatever was pinned before.
+            let pin = l.pin.as_ref().expect("pinned");
+            let name = std::str::from_utf8(&l.name).unwrap();
+            let now = fs::metadata(t.path().join("cur").join(name)).unwrap();
+            assert_eq!(sys::fstat(pin.as_fd()).unwrap().st_ino, now.ino(), "{name}");
+        }
+        // Three pins in use: the pre-pins of the replaced and the expunged file were dropped,
+        // and their budget given back.
+        assert_eq!(budget.in_use(), 3);
     }
 
     #[test]

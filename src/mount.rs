@@ -289,6 +289,9 @@ struct BoardState {
     slots: Vec<Slot>,
     next: usize,
     stop: bool,
+    /// Per worker, the slot it is capturing now: a worker still on a slot once all are
+    /// settled is stuck on a stalled account, and is not waited for.
+    on: Vec<Option<usize>>,
 }
 
 /// Captures the accounts in parallel, one worker per CPU (at most 8): each worker takes the
@@ -317,16 +320,21 @@ fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, 
             slots: work.accounts.iter().map(|_| Slot::Waiting).collect(),
             next: 0,
             stop: false,
+            on: Vec::new(),
         }),
         work,
         root: dup,
         changed: parking_lot::Condvar::new(),
     });
+    let mut handles = Vec::with_capacity(workers);
     for _ in 0..workers {
-        if let Err(e) = start_worker(&board) {
-            // Those started hold locks that nobody would watch any more.
-            revoke_all(&board);
-            return Err(e);
+        match start_worker(&board) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // Those started hold locks that nobody would watch any more.
+                revoke_all(&board);
+                return Err(e);
+            }
         }
     }
     let mut state = board.state.lock();
@@ -377,9 +385,12 @@ fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, 
                 );
                 board.work.progress.finished(&display_path(watch.account()));
                 // The stuck worker will not take more work: another takes its place.
-                if let Err(e) = start_worker(&board) {
-                    revoke_all(&board);
-                    return Err(e);
+                match start_worker(&board) {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        revoke_all(&board);
+                        return Err(e);
+                    }
                 }
             }
             state = board.state.lock();
@@ -391,7 +402,15 @@ fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, 
         );
     }
     let slots = std::mem::take(&mut state.slots);
+    let idle: Vec<bool> = state.on.iter().map(Option::is_none).collect();
     drop(state);
+    // The workers that are not stuck are ending (nothing is left to take): wait for them, so
+    // that nothing of this capture (their share of SOURCE's fd) outlives it.
+    for (id, handle) in handles {
+        if idle.get(id).copied().unwrap_or(false) {
+            let _ = handle.join();
+        }
+    }
     // Report a real error first; an account left out is only the consequence of one.
     let mut out = Vec::with_capacity(slots.len());
     let mut stalled = Vec::new();
@@ -445,8 +464,14 @@ const WATCHDOG_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Starts one capture worker: it takes accounts off the board until none is left, and ends
 /// early if the watchdog gives up on its account (a new worker then takes its place).
-fn start_worker(board: &Arc<Board>) -> Result<()> {
+/// Returns its id on the board and its handle.
+fn start_worker(board: &Arc<Board>) -> Result<(usize, std::thread::JoinHandle<()>)> {
     let board = Arc::clone(board);
+    let id = {
+        let mut state = board.state.lock();
+        state.on.push(None);
+        state.on.len() - 1
+    };
     std::thread::Builder::new()
         .name("capture".to_owned())
         .spawn(move || {
@@ -458,6 +483,7 @@ fn start_worker(board: &Arc<Board>) -> Result<()> {
                     }
                     let i = state.next;
                     state.next += 1;
+                    state.on[id] = Some(i);
                     let account = &board.work.accounts[i];
                     let watch = Arc::new(Watch::new(&account.root));
                     state.slots[i] = Slot::Running(Arc::clone(&watch), Heartbeat::new(&watch));
@@ -485,6 +511,7 @@ fn start_worker(board: &Arc<Board>) -> Result<()> {
                     }
                     return;
                 }
+                state.on[id] = None;
                 w.progress.finished(&shown);
                 if let Ok(c) = &r {
                     w.progress.account_done(c);
@@ -497,7 +524,7 @@ fn start_worker(board: &Arc<Board>) -> Result<()> {
                 board.changed.notify_all();
             }
         })
-        .map(drop)
+        .map(|h| (id, h))
         .map_err(|e| Error::io("cannot start a capture thread", "maildirfs", e))
 }
 

@@ -91,6 +91,11 @@ impl PinBudget {
         fd
     }
 
+    /// How many pins are held now.
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
     /// Whether no pin is left.
     pub fn exhausted(&self) -> bool {
         self.left.load(Ordering::Relaxed) == 0
