@@ -810,7 +810,8 @@ impl PrePinned {
 }
 
 /// Pins the files of every mailbox of `dirs` before the locks are taken, within the budget,
-/// so that the locked listing only confirms them. A mailbox whose `new/` or `cur/` cannot be
+/// so that the locked listing only confirms them, and reads their control files once to warm
+/// the cache. A mailbox whose `new/` or `cur/` cannot be
 /// listed is simply not pre-pinned (the locked capture says why).
 fn prepin(
     dirs: &[(PathBuf, Arc<OwnedFd>)],
@@ -819,6 +820,11 @@ fn prepin(
 ) -> HashMap<PathBuf, PrePinned> {
     let mut out = HashMap::with_capacity(dirs.len());
     for (rel, mailbox) in dirs {
+        // Read once now, so that the read under the lock finds them in the page cache; what
+        // is read here is not kept (the image holds what is read under the lock).
+        for &name in names::CONTROL_FILES {
+            let _ = read_once(mailbox.as_fd(), name, ACCOUNT_CONTROL_BYTES, watch);
+        }
         let mut pre = PrePinned::default();
         for (sub, into) in [(names::NEW, &mut pre.new), (names::CUR, &mut pre.cur)] {
             let Ok(dir) = sys::open_dir_at(mailbox.as_fd(), OsStr::from_bytes(sub)) else {
