@@ -274,6 +274,54 @@ impl Snapshot {
         Some(NodeIdx((lo + pos) as u32))
     }
 
+    /// Whether `idx` is a mailbox: a directory with `cur/` and `new/` directories.
+    pub fn is_mailbox(&self, idx: NodeIdx) -> bool {
+        let is_dir = |name: &[u8]| {
+            self.lookup(idx, name)
+                .is_some_and(|c| matches!(self.node(c).kind, Kind::Dir { .. }))
+        };
+        matches!(self.node(idx).kind, Kind::Dir { .. })
+            && is_dir(crate::maildir::names::CUR)
+            && is_dir(crate::maildir::names::NEW)
+    }
+
+    /// Every mailbox of the account that the mailbox `mailbox` belongs to: the topmost mailbox
+    /// above it (or itself) and every mailbox below that, Maildir++ folders and LAYOUT=fs
+    /// subfolders alike. A message moved by Dovecot goes to one of these.
+    pub fn account_mailboxes(&self, mailbox: NodeIdx) -> Vec<NodeIdx> {
+        let mut root = mailbox;
+        let mut cur = mailbox;
+        while cur != NodeIdx::ROOT {
+            cur = self.node(cur).parent;
+            if self.is_mailbox(cur) {
+                root = cur;
+            }
+        }
+        let mut out = Vec::new();
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            let mailbox = self.is_mailbox(dir);
+            if mailbox {
+                out.push(dir);
+            }
+            for c in self.children(dir) {
+                let c = NodeIdx(c);
+                let name = self.name(c);
+                let messages = mailbox
+                    && [
+                        crate::maildir::names::CUR,
+                        crate::maildir::names::NEW,
+                        crate::maildir::names::TMP,
+                    ]
+                    .contains(&name);
+                if !messages && matches!(self.node(c).kind, Kind::Dir { .. }) {
+                    stack.push(c);
+                }
+            }
+        }
+        out
+    }
+
     /// The node's path relative to SOURCE.
     pub fn rel_path(&self, idx: NodeIdx) -> PathBuf {
         let mut parts = Vec::new();

@@ -5,8 +5,8 @@
 //! RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` (or an `O_NOFOLLOW` walk), so nothing outside SOURCE
 //! is ever opened, and the opened file's (dev, ino) must be the captured one before a byte is
 //! served. A message renamed after capture is found again by its base name and inode in its
-//! mailbox's `cur/` or `new/`; a file that is gone fails with `ENOENT` and a log line, never
-//! with other bytes.
+//! mailbox's `cur/` or `new/`, or in another folder of its account (a Dovecot MOVE); a file
+//! that is gone fails with `ENOENT` and a log line, never with other bytes.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -214,10 +214,39 @@ impl Source {
         Ok(File::from(fd))
     }
 
-    /// Finds a message by base name and inode in its mailbox's `cur/` then `new/`.
+    /// Finds an unpinned message that is gone from its captured path: by base name and inode in
+    /// its own mailbox's `cur/` then `new/` (a flag change, `new/` to `cur/`), then in the other
+    /// mailboxes of its account (Dovecot's MOVE hard-links a message into the destination
+    /// folder under the same base name, then expunges it from the source). The file found must
+    /// pass [`Source::check`]: same inode, size and mtime, so never other bytes.
     fn refind_message(&self, snap: &Snapshot, idx: NodeIdx) -> Option<File> {
         let messages_dir = snap.node(idx).parent;
         let mailbox = snap.node(messages_dir).parent;
+        let found = self.search_mailbox(snap, idx, mailbox).or_else(|| {
+            snap.account_mailboxes(mailbox)
+                .into_iter()
+                .filter(|&m| m != mailbox)
+                .find_map(|m| self.search_mailbox(snap, idx, m))
+        });
+        if let Some((f, at)) = found {
+            log::info!(
+                "{} was renamed or moved after capture; serving it from {}",
+                escape_path(&self.path.join(snap.rel_path(idx))),
+                escape_path(&self.path.join(at))
+            );
+            return Some(f);
+        }
+        None
+    }
+
+    /// Looks for message `idx` (its base name and inode) in the `cur/` and `new/` of the
+    /// mailbox node `mailbox`; the file and where it was found.
+    fn search_mailbox(
+        &self,
+        snap: &Snapshot,
+        idx: NodeIdx,
+        mailbox: NodeIdx,
+    ) -> Option<(File, PathBuf)> {
         let base = base_name(snap.name(idx));
         let want_ino = snap.node(idx).attr.ino.0;
         let mbox_rel = snap.rel_path(mailbox);
@@ -238,11 +267,10 @@ impl Source {
                     continue;
                 };
                 if let Ok(f) = self.check(snap, idx, fd) {
-                    log::info!(
-                        "{} was renamed after capture; serving it from its new name",
-                        escape_path(&self.path.join(snap.rel_path(idx)))
-                    );
-                    return Some(f);
+                    let at = mbox_rel
+                        .join(OsStr::from_bytes(sub))
+                        .join(OsStr::from_bytes(&e.name));
+                    return Some((f, at));
                 }
             }
         }

@@ -134,6 +134,48 @@ fn pin_budget_below_the_file_count_still_serves_renamed_messages() {
 }
 
 #[test]
+fn unpinned_messages_moved_to_another_folder_are_still_served() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("budget-move");
+    let msgs = store(&fx, 300);
+    // 300 fds: a few dozen pins for 303 files, so most messages are served by name.
+    let m = Mounted::with_nofile(&fx, &[], 300);
+    assert!(m.stderr.contains("unpinned"), "{}", m.stderr);
+    let captured = tree(&m.mnt, false);
+    // Dovecot's MOVE of every INBOX message into .Archive: a hard link under the same base
+    // name in the destination, then the source's name is expunged.
+    let src = fx.src();
+    let mut moved = Vec::new();
+    for rel in msgs.iter().filter(|r| {
+        let s = r.to_string_lossy();
+        s.starts_with("Maildir/cur/") || s.starts_with("Maildir/new/")
+    }) {
+        let name = rel.file_name().unwrap().to_string_lossy().into_owned();
+        let base = name.split(':').next().unwrap();
+        let to = src.join(format!("Maildir/.Archive/cur/{base}:2,S"));
+        let bytes = std::fs::read(src.join(rel)).unwrap();
+        std::fs::hard_link(src.join(rel), &to).unwrap();
+        std::fs::remove_file(src.join(rel)).unwrap();
+        moved.push((rel.clone(), bytes));
+    }
+    assert!(moved.len() > 50, "{} moved", moved.len());
+    // Every message reads back with its bytes, from wherever it went, at its captured place.
+    for (rel, bytes) in &moved {
+        assert!(captured.contains_key(rel.as_os_str().as_encoded_bytes()));
+        assert_eq!(
+            &std::fs::read(m.mnt.join(rel)).unwrap(),
+            bytes,
+            "{}",
+            rel.display()
+        );
+    }
+    let fin = m.umount();
+    assert!(fin.contains("0 vanished"), "umount said: {fin}");
+}
+
+#[test]
 fn remounts_of_an_unchanged_tree_show_identical_attributes() {
     if !fuse_available() {
         return;

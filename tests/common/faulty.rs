@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 pub const BAD: &str = "Maildir/cur/1.bad:2,S";
 pub const GOOD: &str = "Maildir/cur/2.good:2,S";
 pub const NEW: &str = "Maildir/new/3.new";
-/// The control file whose reads a [`Stall`] holds.
+/// The control file whose reads under its mailbox's lock a [`Stall`] holds.
 pub const KEYWORDS: &str = "Maildir/dovecot-keywords";
 /// The message of the second account, `other/Maildir`.
 pub const OTHER: &str = "other/Maildir/cur/4.other:2,S";
@@ -115,7 +115,8 @@ impl Stall {
         Arc::new(Stall::default())
     }
 
-    /// From now on, every read of [`KEYWORDS`] is held.
+    /// From now on, every read of [`KEYWORDS`] made while its mailbox's
+    /// `dovecot-uidlist.lock` exists is held.
     pub fn engage(&self) {
         self.held.lock().engaged = true;
     }
@@ -468,11 +469,17 @@ impl Filesystem for Faulty {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let bytes = {
+        let (bytes, locked) = {
             let nodes = self.nodes.lock();
             let Some(n) = node(&nodes, ino.0) else {
                 return reply.error(Errno::ENOENT);
             };
+            // Whether the file's mailbox is locked now: a stall holds only the reads made
+            // under the lock (the capture also reads control files before locking, to warm
+            // the cache, and that read must go through).
+            let locked = nodes
+                .iter()
+                .any(|o| o.linked && o.parent == n.parent && o.name == b"dovecot-uidlist.lock");
             let Some(data) = n.data.as_deref() else {
                 return reply.error(Errno::EISDIR);
             };
@@ -481,11 +488,11 @@ impl Filesystem for Faulty {
             }
             let start = usize::try_from(offset).map_or(data.len(), |o| o.min(data.len()));
             let end = start.saturating_add(size as usize).min(data.len());
-            data[start..end].to_vec()
+            (data[start..end].to_vec(), locked)
         };
         // Held without the tree's lock, and without waiting: the session thread goes on.
         let reply = match self.stall.upgrade() {
-            Some(stall) if ino.0 == self.keywords => stall.hold(reply, bytes),
+            Some(stall) if ino.0 == self.keywords && locked => stall.hold(reply, bytes),
             _ => Some((reply, bytes)),
         };
         if let Some((reply, bytes)) = reply {
