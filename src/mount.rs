@@ -16,7 +16,7 @@ use crate::fs::{MaildirFs, ReadPath};
 use crate::maildir;
 use crate::options::MountOptions;
 use crate::pin::PinBudget;
-use crate::report::{Live, MountReport};
+use crate::report::{AccountHold, Live, MountReport};
 use crate::runtime::{self, StateFile};
 use crate::snapshot::Snapshot;
 use crate::source::Source;
@@ -159,6 +159,17 @@ impl Captured {
             reads: String::new(),
             summary: String::new(),
             live: Live::default(),
+            account_holds: self
+                .accounts
+                .iter()
+                .map(|a| AccountHold {
+                    account: display_rel(&a.root),
+                    lock_hold_us: a.lock_hold.as_micros() as u64,
+                    pinning_us: a.pin_time.as_micros() as u64,
+                    messages: a.messages as u64,
+                    locked: a.unlocked.is_none(),
+                })
+                .collect(),
         }
     }
 }
@@ -170,6 +181,8 @@ pub struct AccountSummary {
     pub lock_hold: Duration,
     /// The part of `lock_hold` spent pinning.
     pub pin_time: Duration,
+    /// Messages listed in its `new/` and `cur/`.
+    pub messages: usize,
 }
 
 /// Discover, lock, capture and freeze SOURCE, without FUSE.
@@ -229,6 +242,11 @@ pub fn capture_tree_with(
             unlocked: c.unlocked.clone(),
             lock_hold: c.lock_hold,
             pin_time: c.pin_time,
+            messages: c
+                .mailboxes
+                .values()
+                .map(|m| m.new.len() + m.cur.len())
+                .sum(),
         })
         .collect();
     let (snapshot, report) = freeze::freeze(

@@ -42,6 +42,21 @@ pub struct MountReport {
     /// The one-line summary as printed.
     pub summary: String,
     pub live: Live,
+    /// Every account's lock hold, in discovery order: in `--summary-json` only (the state
+    /// file, rewritten every second while serving, stays one line per counter).
+    pub account_holds: Vec<AccountHold>,
+}
+
+/// One account's lock hold, for `--summary-json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountHold {
+    pub account: String,
+    /// From the last lock taken to the first released; 0 when captured without locks.
+    pub lock_hold_us: u64,
+    /// The part of it spent pinning files that were not pinned before the locks.
+    pub pinning_us: u64,
+    pub messages: u64,
+    pub locked: bool,
 }
 
 /// Counters that move while the view is served.
@@ -186,6 +201,23 @@ impl MountReport {
             ("messages", self.messages.into()),
             ("bytes", self.bytes.into()),
             ("accounts_without_lock", Value::Array(unlocked)),
+            (
+                "account_lock_holds",
+                Value::Array(
+                    self.account_holds
+                        .iter()
+                        .map(|h| {
+                            Value::object([
+                                ("account", Value::from(h.account.as_str())),
+                                ("lock_hold_us", h.lock_hold_us.into()),
+                                ("pinning_us", h.pinning_us.into()),
+                                ("messages", h.messages.into()),
+                                ("locked", h.locked.into()),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
             ("longest_lock_hold_ms", self.longest_lock_hold_ms.into()),
             (
                 "longest_lock_hold_account",

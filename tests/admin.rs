@@ -253,6 +253,32 @@ fn include_and_exclude_choose_accounts_and_only_theirs_are_locked() {
         json.contains("\"accounts\": 2,") && json.contains("\"messages\": 3,"),
         "{json}"
     );
+    // Every account's lock hold, in µs, with its message count.
+    assert!(json.contains("\"account_lock_holds\": ["), "{json}");
+    for (account, messages) in [
+        ("example.org/alice/Maildir", 2),
+        ("example.org/carol/Maildir", 1),
+    ] {
+        let at = json
+            .find(&format!("\"account\": \"{account}\""))
+            .unwrap_or_else(|| panic!("{account} not in {json}"));
+        let entry = &json[at..at + json[at..].find('}').unwrap()];
+        assert!(
+            entry.contains(&format!("\"messages\": {messages},")),
+            "{entry}"
+        );
+        assert!(entry.contains("\"locked\": true"), "{entry}");
+        // The same hold the summary line gives, for the account it names.
+        let us: u64 = entry
+            .split("\"lock_hold_us\": ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{entry}"));
+        let said = format!("longest lock hold {} ms ({account};", us / 1000);
+        let longest = stderr.contains(&format!("({account};"));
+        assert!(!longest || stderr.contains(&said), "{said} not in {stderr}");
+    }
     drop(_guard);
 
     // A selection that matches nothing: exit 1 and say why.
