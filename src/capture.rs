@@ -85,7 +85,8 @@ pub struct Listed {
     pub name: Vec<u8>,
     pub ino: u64,
     pub d_type: u8,
-    /// The file pinned right after the listing, under the lock (if the budget allowed).
+    /// The file's pin (if the budget allowed): one taken before the lock and confirmed by the
+    /// listing under it, or one opened under the lock for a name that is new.
     pub pin: Option<OwnedFd>,
 }
 
@@ -583,7 +584,7 @@ fn list_all(
     source: &Path,
     budget: &PinBudget,
     watch: &Watch,
-    prepinned: &mut HashMap<PathBuf, PrePinned>,
+    prepinned: &mut HashMap<PathBuf, PrePinned<'_>>,
 ) -> Result<HashMap<PathBuf, MailboxCapture>> {
     let mut out = HashMap::with_capacity(dirs.len());
     let mut control = ControlBudget::new();
@@ -591,7 +592,7 @@ fn list_all(
         if watch.revoked() {
             break;
         }
-        let pre = prepinned.remove(rel).unwrap_or_default();
+        let pre = prepinned.get_mut(rel);
         let captured = capture_mailbox_with(
             fd.as_fd(),
             &source.join(rel),
@@ -634,31 +635,18 @@ pub fn capture_mailbox(
     control: &mut ControlBudget,
     watch: &Watch,
 ) -> Result<MailboxCapture> {
-    capture_mailbox_with(dir, path, budget, control, watch, PrePinned::default())
+    capture_mailbox_with(dir, path, budget, control, watch, None)
 }
 
 /// [`capture_mailbox`], confirming the files of `pre` (pinned before the lock) instead of
-/// opening them again. Every pre-pin is used or dropped (with its budget) before it returns.
+/// opening them again; those it does not use stay in `pre`, to be closed after the locks.
 fn capture_mailbox_with(
     dir: BorrowedFd<'_>,
     path: &Path,
     budget: &PinBudget,
     control: &mut ControlBudget,
     watch: &Watch,
-    mut pre: PrePinned,
-) -> Result<MailboxCapture> {
-    let captured = capture_listed(dir, path, budget, control, watch, &mut pre);
-    pre.drop_all(budget);
-    captured
-}
-
-fn capture_listed(
-    dir: BorrowedFd<'_>,
-    path: &Path,
-    budget: &PinBudget,
-    control: &mut ControlBudget,
-    watch: &Watch,
-    pre: &mut PrePinned,
+    pre: Option<&mut PrePinned<'_>>,
 ) -> Result<MailboxCapture> {
     let mut unreadable = Vec::new();
     let new = open_messages_dir(dir, path, names::NEW, &mut unreadable)?;
@@ -732,27 +720,19 @@ fn pin_listed(
     cur: &Option<OwnedFd>,
     budget: &PinBudget,
     watch: &Watch,
-    pre: &mut PrePinned,
+    mut pre: Option<&mut PrePinned<'_>>,
 ) {
     let started = Instant::now();
-    for (fd, list, pre) in [
-        (new, &mut m.new, &mut pre.new),
-        (cur, &mut m.cur, &mut pre.cur),
-    ] {
+    for (in_cur, fd, list) in [(false, new, &mut m.new), (true, cur, &mut m.cur)] {
         let Some(fd) = fd else { continue };
         for l in list.iter_mut().filter(|l| l.d_type != libc::DT_LNK) {
             if watch.revoked() {
                 break;
             }
-            // Pinned before the lock as this very inode (which the pin kept from being freed
-            // and reused): the listing under the lock confirms it.
-            if let Some((ino, pin)) = pre.remove(l.name.as_slice()) {
-                if ino == l.ino {
-                    l.pin = Some(pin);
-                    continue;
-                }
-                drop(pin);
-                budget.release();
+            // Pinned before the lock as the file the listing under the lock shows: confirmed.
+            if let Some(pin) = pre.as_mut().and_then(|p| p.take(in_cur, &l.name, l.ino)) {
+                l.pin = Some(pin);
+                continue;
             }
             l.pin = budget.pin(fd.as_fd(), OsStr::from_bytes(&l.name), l.d_type);
             watch.beat();
@@ -792,19 +772,69 @@ fn pin_listed(
     m.pin_time = started.elapsed();
 }
 
-/// One mailbox's files pinned before its lock was taken: by name, in `new/` and `cur/`, each
-/// with the inode its pin holds.
-#[derive(Debug, Default)]
-pub struct PrePinned {
-    new: HashMap<Vec<u8>, (u64, OwnedFd)>,
-    cur: HashMap<Vec<u8>, (u64, OwnedFd)>,
+/// One mailbox's files pinned before its lock was taken. It gives back the pin budget of
+/// every pin it still holds when it drops, which the capture lets happen after the locks are
+/// released: closing the last fd of a message expunged meanwhile frees its blocks, work that
+/// has no place under a lock.
+#[derive(Debug)]
+struct PrePinned<'a> {
+    budget: &'a PinBudget,
+    /// By directory (`new/` 0, `cur/` 1) and name: the inode the pin holds, and the pin.
+    by_name: [HashMap<Vec<u8>, (u64, OwnedFd)>; 2],
+    /// By directory and inode: the name pinned, to confirm a file renamed (a flag change,
+    /// `new/` to `cur/`) while the lock was waited for, without opening it again.
+    by_ino: [HashMap<u64, Vec<u8>>; 2],
+    /// Pins the locked listing showed to be of another file now.
+    stale: Vec<OwnedFd>,
 }
 
-impl PrePinned {
-    /// Closes the pre-pins the locked listing did not confirm, giving back their budget.
-    fn drop_all(&mut self, budget: &PinBudget) {
-        for _ in self.new.drain().chain(self.cur.drain()) {
-            budget.release();
+impl<'a> PrePinned<'a> {
+    fn new(budget: &'a PinBudget) -> PrePinned<'a> {
+        PrePinned {
+            budget,
+            by_name: Default::default(),
+            by_ino: Default::default(),
+            stale: Vec::new(),
+        }
+    }
+
+    /// The pre-pin of the file the locked listing shows as `name` (inode `ino`) in `new/`
+    /// or `cur/`: pinned under that name as that inode, or under another name with the same
+    /// base name and inode. The pin kept the inode from being freed, so its number is still
+    /// that file's. Two hash lookups, no syscall.
+    fn take(&mut self, in_cur: bool, name: &[u8], ino: u64) -> Option<OwnedFd> {
+        let d = usize::from(in_cur);
+        if let Some((pinned, _)) = self.by_name[d].get(name) {
+            let pinned = *pinned;
+            let (_, pin) = self.by_name[d].remove(name)?;
+            if self.by_ino[d]
+                .get(&pinned)
+                .is_some_and(|n| n.as_slice() == name)
+            {
+                self.by_ino[d].remove(&pinned);
+            }
+            if pinned == ino {
+                return Some(pin);
+            }
+            self.stale.push(pin);
+        }
+        for d in [d, 1 - d] {
+            match self.by_ino[d].get(&ino) {
+                Some(pinned) if base_name(pinned) == base_name(name) => {}
+                _ => continue,
+            }
+            let pinned = self.by_ino[d].remove(&ino)?;
+            return self.by_name[d].remove(&pinned).map(|(_, pin)| pin);
+        }
+        None
+    }
+}
+
+impl Drop for PrePinned<'_> {
+    fn drop(&mut self) {
+        let held = self.by_name.iter().map(HashMap::len).sum::<usize>() + self.stale.len();
+        for _ in 0..held {
+            self.budget.release();
         }
     }
 }
@@ -813,11 +843,11 @@ impl PrePinned {
 /// so that the locked listing only confirms them, and reads their control files once to warm
 /// the cache. A mailbox whose `new/` or `cur/` cannot be
 /// listed is simply not pre-pinned (the locked capture says why).
-fn prepin(
+fn prepin<'a>(
     dirs: &[(PathBuf, Arc<OwnedFd>)],
-    budget: &PinBudget,
+    budget: &'a PinBudget,
     watch: &Watch,
-) -> HashMap<PathBuf, PrePinned> {
+) -> HashMap<PathBuf, PrePinned<'a>> {
     let mut out = HashMap::with_capacity(dirs.len());
     for (rel, mailbox) in dirs {
         // Read once now, so that the read under the lock finds them in the page cache; what
@@ -825,8 +855,8 @@ fn prepin(
         for &name in names::CONTROL_FILES {
             let _ = read_once(mailbox.as_fd(), name, ACCOUNT_CONTROL_BYTES, watch);
         }
-        let mut pre = PrePinned::default();
-        for (sub, into) in [(names::NEW, &mut pre.new), (names::CUR, &mut pre.cur)] {
+        let mut pre = PrePinned::new(budget);
+        for (d, sub) in [names::NEW, names::CUR].into_iter().enumerate() {
             let Ok(dir) = sys::open_dir_at(mailbox.as_fd(), OsStr::from_bytes(sub)) else {
                 continue;
             };
@@ -837,7 +867,10 @@ fn prepin(
                 if budget.exhausted() || watch.revoked() {
                     break;
                 }
-                if e.d_type != libc::DT_REG || names::is_hidden(&e.name, Place::MessageDir, false) {
+                // DT_UNKNOWN where the filesystem does not fill d_type: pinned as O_PATH, as
+                // the locked listing would, and kept only if it is a regular file.
+                let maybe_file = matches!(e.d_type, libc::DT_REG | libc::DT_UNKNOWN);
+                if !maybe_file || names::is_hidden(&e.name, Place::MessageDir, false) {
                     continue;
                 }
                 let Some(pin) = budget.pin(dir.as_fd(), OsStr::from_bytes(&e.name), e.d_type)
@@ -845,12 +878,16 @@ fn prepin(
                     continue;
                 };
                 watch.beat();
-                // The inode the pin holds, which the locked listing must show under this name.
+                // The inode the pin holds, which the locked listing must show under this name
+                // (or, renamed, under the same base name).
                 match sys::fstat(pin.as_fd()) {
-                    Ok(st) => {
-                        into.insert(e.name, (st.st_ino, pin));
+                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                        pre.by_ino[d].insert(st.st_ino, e.name.clone());
+                        if let Some((_, old)) = pre.by_name[d].insert(e.name, (st.st_ino, pin)) {
+                            pre.stale.push(old);
+                        }
                     }
-                    Err(_) => budget.release(),
+                    _ => budget.release(),
                 }
             }
         }
@@ -1245,15 +1282,19 @@ mod tests {
         )
         .unwrap();
         fs::remove_file(t.path().join("new/4.gone")).unwrap();
+        let mut one = pre.remove(Path::new("")).unwrap();
         let m = capture_mailbox_with(
             dir.as_fd(),
             t.path(),
             &budget,
             &mut ControlBudget::new(),
             &watch,
-            pre.remove(Path::new("")).unwrap(),
+            Some(&mut one),
         )
         .unwrap();
+        // One file opened under the lock (the replaced one); the renamed one was confirmed
+        // by inode and base name, not opened again.
+        assert_eq!(budget.in_use(), 5);
         assert!(m.new.is_empty());
         assert_eq!(m.cur.len(), 3);
         for l in &m.cur {
@@ -1263,8 +1304,9 @@ mod tests {
             let now = fs::metadata(t.path().join("cur").join(name)).unwrap();
             assert_eq!(sys::fstat(pin.as_fd()).unwrap().st_ino, now.ino(), "{name}");
         }
-        // Three pins in use: the pre-pins of the replaced and the expunged file were dropped,
-        // and their budget given back.
+        // The pre-pins of the replaced and the expunged file are closed, and their budget
+        // given back, when the pre-pins drop (after the locks, in a capture).
+        drop(one);
         assert_eq!(budget.in_use(), 3);
     }
 

@@ -216,14 +216,16 @@ impl<'a> Freezer<'a> {
             return Ok(Vec::new());
         }
         if matches!(p.role, Role::Plain) && self.stalled.contains(&p.rel) {
-            // Its capture hung under its locks: never touched again.
+            // Its capture hung: never touched again, and listing it fails (EIO) rather than
+            // show an empty account that a mirroring backup would copy as such.
             log::warn!(
-                "account {} is shown empty: its capture hung",
+                "account {} fails with EIO in the view: its capture hung",
                 self.show(&p.rel)
             );
             self.report.stalled.push(p.rel.clone());
             self.report.unreadable.push(p.rel.clone());
             self.builder.add_children(p.node, Vec::new());
+            self.builder.mark_unlistable(p.node);
             return Ok(Vec::new());
         }
         if p.depth.levels > MAX_DEPTH {
@@ -583,6 +585,10 @@ impl<'a> Freezer<'a> {
                     _ => continue,
                 },
                 _ => {
+                    // Not served: its pin, if any, goes back to the budget.
+                    if pin.is_some() {
+                        self.budget.release();
+                    }
                     self.report.special_files += 1;
                     continue;
                 }

@@ -121,6 +121,9 @@ impl MaildirFs {
         if !matches!(self.snap.node(dir).kind, Kind::Dir { .. }) {
             return Err(Errno::ENOTDIR);
         }
+        if self.snap.is_unlistable(dir) {
+            return Err(Errno::EIO);
+        }
         self.snap.lookup(dir, name.as_bytes()).ok_or(Errno::ENOENT)
     }
 
@@ -207,6 +210,9 @@ impl MaildirFs {
         let Kind::Dir { .. } = self.snap.node(dir).kind else {
             return Err(Errno::ENOTDIR);
         };
+        if self.snap.is_unlistable(dir) {
+            return Err(Errno::EIO);
+        }
         Ok((dir, self.snap.node(dir).parent, self.snap.children(dir)))
     }
 

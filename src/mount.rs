@@ -165,10 +165,21 @@ impl Captured {
                 .map(|a| AccountHold {
                     account: display_rel(&a.root),
                     lock_hold_us: a.lock_hold.as_micros() as u64,
-                    pinning_us: a.pin_time.as_micros() as u64,
+                    // Only a locked listing's pinning is part of a hold.
+                    pinning_us: if a.unlocked.is_none() {
+                        a.pin_time.as_micros() as u64
+                    } else {
+                        0
+                    },
                     messages: a.messages as u64,
                     locked: a.unlocked.is_none(),
+                    stalled: false,
                 })
+                .chain(self.report.stalled.iter().map(|root| AccountHold {
+                    account: display_rel(root),
+                    stalled: true,
+                    ..AccountHold::default()
+                }))
                 .collect(),
         }
     }
@@ -423,10 +434,11 @@ fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, 
     let idle: Vec<bool> = state.on.iter().map(Option::is_none).collect();
     drop(state);
     // The workers that are not stuck are ending (nothing is left to take): wait for them, so
-    // that nothing of this capture (their share of SOURCE's fd) outlives it.
+    // that on this, the normal way out, nothing of this capture (their share of SOURCE's fd)
+    // outlives it.
     for (id, handle) in handles {
-        if idle.get(id).copied().unwrap_or(false) {
-            let _ = handle.join();
+        if idle.get(id).copied().unwrap_or(false) && handle.join().is_err() {
+            log::error!("a capture thread panicked");
         }
     }
     // Report a real error first; an account left out is only the consequence of one.
@@ -898,7 +910,7 @@ pub fn summary_line(checked: &Checked, c: &Captured) -> String {
     }
     if let Some(first) = c.report.stalled.first() {
         line.push_str(&format!(
-            "; {} accounts STALLED during capture, their locks released, shown empty (first: {})",
+            "; {} accounts STALLED during capture, their locks released, EIO in the view (first: {})",
             c.report.stalled.len(),
             display_rel(first)
         ));

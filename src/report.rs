@@ -57,6 +57,8 @@ pub struct AccountHold {
     pub pinning_us: u64,
     pub messages: u64,
     pub locked: bool,
+    /// Its capture hung and was given up (locks released, `EIO` in the view).
+    pub stalled: bool,
 }
 
 /// Counters that move while the view is served.
@@ -213,6 +215,7 @@ impl MountReport {
                                 ("pinning_us", h.pinning_us.into()),
                                 ("messages", h.messages.into()),
                                 ("locked", h.locked.into()),
+                                ("stalled", h.stalled.into()),
                             ])
                         })
                         .collect(),

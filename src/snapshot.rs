@@ -197,6 +197,10 @@ pub struct Snapshot {
     /// `st_dev` of SOURCE: every served file must be on it.
     pub source_dev: u64,
     pub totals: Totals,
+    /// Directories whose listing and lookups fail with `EIO`, sorted: accounts whose capture
+    /// hung. An error, not an empty directory, so that a backup tool reports it and a mirror
+    /// (`rsync --delete`) deletes nothing of that account's earlier copy.
+    unlistable: Vec<NodeIdx>,
 }
 
 impl Snapshot {
@@ -272,6 +276,11 @@ impl Snapshot {
             })
             .ok()?;
         Some(NodeIdx((lo + pos) as u32))
+    }
+
+    /// Whether listing or looking up in directory `idx` fails (see `unlistable`).
+    pub fn is_unlistable(&self, idx: NodeIdx) -> bool {
+        self.unlistable.binary_search(&idx).is_ok()
     }
 
     /// Whether `idx` is a mailbox: a directory with `cur/` and `new/` directories.
@@ -440,9 +449,15 @@ impl Builder {
         self.snap.name(idx)
     }
 
+    /// Makes listing and lookups in directory `dir` fail with `EIO`.
+    pub fn mark_unlistable(&mut self, dir: NodeIdx) {
+        self.snap.unlistable.push(dir);
+    }
+
     /// Finishes the tree: node-id index, link counts as seen in the view, totals.
     pub fn finish(mut self, totals: Totals) -> Snapshot {
         let snap = &mut self.snap;
+        snap.unlistable.sort_unstable();
         let mut by_ino: Vec<(Ino, NodeIdx)> = (1..snap.nodes.len() as u32)
             .map(|i| (snap.nodes[i as usize].attr.ino, NodeIdx(i)))
             .collect();

@@ -38,6 +38,10 @@ pub struct Source {
     /// Files that failed to open or read for another reason (`EACCES`, `EIO`), by node: each
     /// is logged once however often it is asked for.
     errors: Mutex<HashSet<NodeIdx>>,
+    /// When the search for a gone message last found nothing, by node. Protected by this
+    /// mutex. A search lists every folder of the account, and a reader (or the kernel's
+    /// readahead) asks for a missing file again and again: one search a second per file.
+    missed: Mutex<std::collections::HashMap<NodeIdx, std::time::Instant>>,
     /// Messages served from a new name after a rename in the live tree.
     pub refound: AtomicU64,
     /// Bytes read from SOURCE for the kernel, and READ requests answered.
@@ -61,6 +65,7 @@ impl Source {
             path,
             vanished: Mutex::new(HashSet::new()),
             errors: Mutex::new(HashSet::new()),
+            missed: Mutex::new(std::collections::HashMap::new()),
             refound: AtomicU64::new(0),
             bytes_served: AtomicU64::new(0),
             reads: AtomicU64::new(0),
@@ -220,6 +225,22 @@ impl Source {
     /// folder under the same base name, then expunges it from the source). The file found must
     /// pass [`Source::check`]: same inode, size and mtime, so never other bytes.
     fn refind_message(&self, snap: &Snapshot, idx: NodeIdx) -> Option<File> {
+        if self
+            .missed
+            .lock()
+            .get(&idx)
+            .is_some_and(|t| t.elapsed() < SEARCH_AGAIN_AFTER)
+        {
+            return None;
+        }
+        let found = self.search_account(snap, idx);
+        if found.is_none() {
+            self.missed.lock().insert(idx, std::time::Instant::now());
+        }
+        found
+    }
+
+    fn search_account(&self, snap: &Snapshot, idx: NodeIdx) -> Option<File> {
         let messages_dir = snap.node(idx).parent;
         let mailbox = snap.node(messages_dir).parent;
         let found = self.search_mailbox(snap, idx, mailbox).or_else(|| {
@@ -277,6 +298,9 @@ impl Source {
         None
     }
 }
+
+/// How soon a message that could not be found is looked for again.
+const SEARCH_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reopens a pinned inode for reading, without touching atime where allowed.
 fn reopen(pin: std::os::fd::BorrowedFd<'_>) -> std::io::Result<OwnedFd> {

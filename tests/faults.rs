@@ -307,6 +307,17 @@ fn control_files_rewritten_while_read_are_served_whole_or_reported() {
     }
 }
 
+/// `rsync -a --delete FROM/ TO/`, as a nightly mirror would run it.
+fn rsync_mirror(from: &Path, to: &Path) -> std::process::Output {
+    std::process::Command::new("rsync")
+        .arg("-a")
+        .arg("--delete")
+        .arg(format!("{}/", from.display()))
+        .arg(format!("{}/", to.display()))
+        .output()
+        .expect("run rsync (installed by scripts/test)")
+}
+
 /// A source on which reading one account's `dovecot-keywords` hangs, as on a wedged disk or
 /// NFS server, while maildirfs holds that account's locks. When dropped, it answers the hung
 /// reads and unmounts once the servers that used it are gone (lazily after 10 s), so nothing
@@ -372,6 +383,9 @@ fn a_capture_hung_under_its_locks_releases_them_and_the_other_accounts_are_serve
     let fx = Fixture::new("faults-stall");
     // Declared before the view, so dropped after it.
     let source = HungSource::mount(&fx);
+    // Last night's backup of the source (no lock is taken, so nothing is held).
+    let backup = fx.dir.join("backup");
+    assert!(rsync_mirror(&fx.src(), &backup).status.success());
     let log = fx.dir.join("log");
     let m = Mounted::new(
         &fx,
@@ -382,12 +396,29 @@ fn a_capture_hung_under_its_locks_releases_them_and_the_other_accounts_are_serve
     assert_eq!(lock_files(&fx.src()), Vec::<std::path::PathBuf>::new());
     assert!(
         m.stderr
-            .contains("1 accounts STALLED during capture, their locks released"),
+            .contains("1 accounts STALLED during capture, their locks released, EIO"),
         "summary: {}",
         m.stderr
     );
-    // The hung account is shown empty; the other is served.
-    assert_eq!(std::fs::read_dir(m.mnt.join("Maildir")).unwrap().count(), 0);
+    // The hung account fails with EIO; the other is served.
+    let listed =
+        std::fs::read_dir(m.mnt.join("Maildir")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    assert_eq!(listed.err().and_then(|e| e.raw_os_error()), Some(libc::EIO));
+    let looked_up = std::fs::symlink_metadata(m.mnt.join(faulty::GOOD)).err();
+    assert_eq!(looked_up.and_then(|e| e.raw_os_error()), Some(libc::EIO));
+    // A mirror of the view says so and deletes nothing of the account's earlier copy.
+    let out = rsync_mirror(&m.mnt, &backup);
+    assert_eq!(
+        out.status.code(),
+        Some(23),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        backup.join(faulty::GOOD).exists(),
+        "the earlier copy was deleted"
+    );
+    assert!(backup.join(faulty::OTHER).exists());
     assert_eq!(
         std::fs::read(m.mnt.join(faulty::OTHER)).unwrap(),
         b"Subject: other\n\nserved\n"
