@@ -41,7 +41,7 @@ use crate::lock::{TryLock, UidlistLock, lock_content};
 use crate::maildir::Account;
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
-use crate::pin::PinBudget;
+use crate::pin::{Pin, PinBudget};
 use crate::sys;
 use crate::watch::Watch;
 
@@ -87,7 +87,7 @@ pub struct Listed {
     pub d_type: u8,
     /// The file's pin (if the budget allowed): one taken before the lock and confirmed by the
     /// listing under it, or one opened under the lock for a name that is new.
-    pub pin: Option<OwnedFd>,
+    pub pin: Option<Pin>,
 }
 
 /// A control file as captured under the lock.
@@ -261,7 +261,7 @@ pub fn capture_account(
     source: &Path,
     account: &Account,
     policy: &LockPolicy,
-    budget: &PinBudget,
+    budget: &Arc<PinBudget>,
     watch: &Watch,
 ) -> Result<AccountCapture> {
     let held = budget.hold(account.mailboxes.len() + 2);
@@ -275,7 +275,7 @@ fn capture_account_with(
     source: &Path,
     account: &Account,
     policy: &LockPolicy,
-    budget: &PinBudget,
+    budget: &Arc<PinBudget>,
     watch: &Watch,
 ) -> Result<AccountCapture> {
     // Open every mailbox directory once; the locks and listings all go through these fds.
@@ -350,7 +350,7 @@ fn capture_set(
     source: &Path,
     account: &Account,
     policy: &LockPolicy,
-    budget: &PinBudget,
+    budget: &Arc<PinBudget>,
     watch: &Watch,
 ) -> Result<AccountCapture> {
     let deadline = Instant::now() + policy.timeout;
@@ -374,9 +374,8 @@ fn capture_set(
                     // The watchdog released the locks while an operation hung: whatever was
                     // listed is not of one locked instant.
                     drop(locks);
-                    if let Ok(m) = listed {
-                        release_pins(m, budget);
-                    }
+                    // The discarded capture's pins give their budget back as they drop.
+                    drop(listed);
                     return Err(stall_error(source, account));
                 }
                 let lost: Vec<&UidlistLock> = locks
@@ -398,10 +397,8 @@ fn capture_set(
                         ));
                     }
                     release_each(locks, watch);
-                    // Give back the budget of the discarded capture's pins.
-                    if let Ok(m) = listed {
-                        release_pins(m, budget);
-                    }
+                    // The discarded capture's pins give their budget back as they drop.
+                    drop(listed);
                 } else {
                     release_each(locks, watch);
                     let lock_hold = started.elapsed();
@@ -568,23 +565,13 @@ fn lock_each(
     Ok(LockRound::All(std::mem::take(held)))
 }
 
-/// Gives back the budget of a discarded capture's pins (the fds close as `m` drops). A pinned
-/// control file takes its share of the budget only when freeze places it.
-pub fn release_pins(m: HashMap<PathBuf, MailboxCapture>, budget: &PinBudget) {
-    for m in m.into_values() {
-        for _ in m.new.iter().chain(&m.cur).filter(|l| l.pin.is_some()) {
-            budget.release();
-        }
-    }
-}
-
 /// Captures every mailbox of `dirs`, using (and so emptying) their pre-pins.
 fn list_all(
     dirs: &[(PathBuf, Arc<OwnedFd>)],
     source: &Path,
-    budget: &PinBudget,
+    budget: &Arc<PinBudget>,
     watch: &Watch,
-    prepinned: &mut HashMap<PathBuf, PrePinned<'_>>,
+    prepinned: &mut HashMap<PathBuf, PrePinned>,
 ) -> Result<HashMap<PathBuf, MailboxCapture>> {
     let mut out = HashMap::with_capacity(dirs.len());
     let mut control = ControlBudget::new();
@@ -631,7 +618,7 @@ fn hold_for_test(hold: Duration, source: &Path, watch: &Watch) -> Result<()> {
 pub fn capture_mailbox(
     dir: BorrowedFd<'_>,
     path: &Path,
-    budget: &PinBudget,
+    budget: &Arc<PinBudget>,
     control: &mut ControlBudget,
     watch: &Watch,
 ) -> Result<MailboxCapture> {
@@ -643,10 +630,10 @@ pub fn capture_mailbox(
 fn capture_mailbox_with(
     dir: BorrowedFd<'_>,
     path: &Path,
-    budget: &PinBudget,
+    budget: &Arc<PinBudget>,
     control: &mut ControlBudget,
     watch: &Watch,
-    pre: Option<&mut PrePinned<'_>>,
+    pre: Option<&mut PrePinned>,
 ) -> Result<MailboxCapture> {
     let mut unreadable = Vec::new();
     let new = open_messages_dir(dir, path, names::NEW, &mut unreadable)?;
@@ -718,9 +705,9 @@ fn pin_listed(
     m: &mut MailboxCapture,
     new: &Option<OwnedFd>,
     cur: &Option<OwnedFd>,
-    budget: &PinBudget,
+    budget: &Arc<PinBudget>,
     watch: &Watch,
-    mut pre: Option<&mut PrePinned<'_>>,
+    mut pre: Option<&mut PrePinned>,
 ) {
     let started = Instant::now();
     for (in_cur, fd, list) in [(false, new, &mut m.new), (true, cur, &mut m.cur)] {
@@ -772,37 +759,27 @@ fn pin_listed(
     m.pin_time = started.elapsed();
 }
 
-/// One mailbox's files pinned before its lock was taken. It gives back the pin budget of
-/// every pin it still holds when it drops, which the capture lets happen after the locks are
+/// One mailbox's files pinned before its lock was taken. The pins it still holds close (and
+/// give back their budget) when it drops, which the capture lets happen after the locks are
 /// released: closing the last fd of a message expunged meanwhile frees its blocks, work that
 /// has no place under a lock.
-#[derive(Debug)]
-struct PrePinned<'a> {
-    budget: &'a PinBudget,
+#[derive(Debug, Default)]
+struct PrePinned {
     /// By directory (`new/` 0, `cur/` 1) and name: the inode the pin holds, and the pin.
-    by_name: [HashMap<Vec<u8>, (u64, OwnedFd)>; 2],
+    by_name: [HashMap<Vec<u8>, (u64, Pin)>; 2],
     /// By directory and inode: the name pinned, to confirm a file renamed (a flag change,
     /// `new/` to `cur/`) while the lock was waited for, without opening it again.
     by_ino: [HashMap<u64, Vec<u8>>; 2],
     /// Pins the locked listing showed to be of another file now.
-    stale: Vec<OwnedFd>,
+    stale: Vec<Pin>,
 }
 
-impl<'a> PrePinned<'a> {
-    fn new(budget: &'a PinBudget) -> PrePinned<'a> {
-        PrePinned {
-            budget,
-            by_name: Default::default(),
-            by_ino: Default::default(),
-            stale: Vec::new(),
-        }
-    }
-
+impl PrePinned {
     /// The pre-pin of the file the locked listing shows as `name` (inode `ino`) in `new/`
     /// or `cur/`: pinned under that name as that inode, or under another name with the same
     /// base name and inode. The pin kept the inode from being freed, so its number is still
     /// that file's. Two hash lookups, no syscall.
-    fn take(&mut self, in_cur: bool, name: &[u8], ino: u64) -> Option<OwnedFd> {
+    fn take(&mut self, in_cur: bool, name: &[u8], ino: u64) -> Option<Pin> {
         let d = usize::from(in_cur);
         if let Some((pinned, _)) = self.by_name[d].get(name) {
             let pinned = *pinned;
@@ -830,24 +807,15 @@ impl<'a> PrePinned<'a> {
     }
 }
 
-impl Drop for PrePinned<'_> {
-    fn drop(&mut self) {
-        let held = self.by_name.iter().map(HashMap::len).sum::<usize>() + self.stale.len();
-        for _ in 0..held {
-            self.budget.release();
-        }
-    }
-}
-
 /// Pins the files of every mailbox of `dirs` before the locks are taken, within the budget,
 /// so that the locked listing only confirms them, and reads their control files once to warm
 /// the cache. A mailbox whose `new/` or `cur/` cannot be
 /// listed is simply not pre-pinned (the locked capture says why).
-fn prepin<'a>(
+fn prepin(
     dirs: &[(PathBuf, Arc<OwnedFd>)],
-    budget: &'a PinBudget,
+    budget: &Arc<PinBudget>,
     watch: &Watch,
-) -> HashMap<PathBuf, PrePinned<'a>> {
+) -> HashMap<PathBuf, PrePinned> {
     let mut out = HashMap::with_capacity(dirs.len());
     for (rel, mailbox) in dirs {
         // Read once now, so that the read under the lock finds them in the page cache; what
@@ -855,7 +823,7 @@ fn prepin<'a>(
         for &name in names::CONTROL_FILES {
             let _ = read_once(mailbox.as_fd(), name, ACCOUNT_CONTROL_BYTES, watch);
         }
-        let mut pre = PrePinned::new(budget);
+        let mut pre = PrePinned::default();
         for (d, sub) in [names::NEW, names::CUR].into_iter().enumerate() {
             let Ok(dir) = sys::open_dir_at(mailbox.as_fd(), OsStr::from_bytes(sub)) else {
                 continue;
@@ -887,7 +855,8 @@ fn prepin<'a>(
                             pre.stale.push(old);
                         }
                     }
-                    _ => budget.release(),
+                    // Not a regular file: not kept (the pin gives its budget back).
+                    _ => {}
                 }
             }
         }
@@ -1308,6 +1277,36 @@ mod tests {
         // given back, when the pre-pins drop (after the locks, in a capture).
         drop(one);
         assert_eq!(budget.in_use(), 3);
+    }
+
+    #[test]
+    fn every_pin_gives_its_budget_back_when_dropped() {
+        let t = crate::testutil::TempDir::new("pin-budget");
+        for d in ["cur", "new", "tmp"] {
+            fs::create_dir(t.path().join(d)).unwrap();
+        }
+        fs::write(t.path().join("cur/1.a:2,S"), "a").unwrap();
+        fs::write(t.path().join("new/2.b"), "b").unwrap();
+        // A FIFO among the messages: listed and pinned (O_PATH), then never served.
+        let made = std::process::Command::new("mkfifo")
+            .arg(t.path().join("cur/3.fifo:2,S"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let budget = PinBudget::fixed(10);
+        let fd = fs::File::open(t.path()).unwrap();
+        let m = capture_mailbox(
+            fd.as_fd(),
+            t.path(),
+            &budget,
+            &mut ControlBudget::new(),
+            &Watch::new(Path::new("")),
+        )
+        .unwrap();
+        assert_eq!(budget.in_use(), 3);
+        drop(m);
+        assert_eq!(budget.in_use(), 0);
+        assert!(!budget.exhausted());
     }
 
     #[test]

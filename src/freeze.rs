@@ -19,6 +19,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::capture::{
     self, AccountCapture, ControlBudget, ControlContent, LeftOut, Listed, MailboxCapture,
@@ -27,7 +28,7 @@ use crate::error::{Error, Result, escape_path};
 use crate::maildir::discover::{MAX_DEPTH, entry_is_dir, is_mailbox};
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
-use crate::pin::PinBudget;
+use crate::pin::{Pin, PinBudget};
 use crate::select::{Selection, Visibility};
 use crate::snapshot::{
     Attr, Builder, Ino, NewContent, NewKind, NewNode, NodeIdx, Snapshot, Stamp, Totals,
@@ -90,7 +91,7 @@ pub fn freeze(
     stalled: &[PathBuf],
     exclude_indexes: bool,
     selection: &Selection,
-    budget: &PinBudget,
+    budget: &Arc<PinBudget>,
 ) -> Result<(Snapshot, FreezeReport)> {
     let root_st = sys::fstat(root).map_err(|e| Error::io("cannot stat source", source, e))?;
     let mut totals = Totals {
@@ -172,7 +173,7 @@ struct Depth {
 /// A directory fd kept open for its subdirectories, counted in the pin budget while it lives.
 struct HeldDir<'a> {
     fd: OwnedFd,
-    budget: &'a PinBudget,
+    budget: &'a Arc<PinBudget>,
 }
 
 impl Drop for HeldDir<'_> {
@@ -197,7 +198,7 @@ struct Freezer<'a> {
     /// The control-file memory of all mailboxes created during the capture, together: each
     /// new mailbox must not bring a fresh allowance.
     late_control: ControlBudget,
-    budget: &'a PinBudget,
+    budget: &'a Arc<PinBudget>,
     source: &'a Path,
     dev: u64,
     exclude_indexes: bool,
@@ -489,7 +490,7 @@ impl<'a> Freezer<'a> {
         dir: BorrowedFd<'_>,
         name: &[u8],
         d_type: u8,
-    ) -> std::io::Result<(sys::Stat, Option<OwnedFd>)> {
+    ) -> std::io::Result<(sys::Stat, Option<Pin>)> {
         if d_type == libc::DT_REG
             && let Some(pin) = self.budget.pin(dir, OsStr::from_bytes(name), d_type)
         {
@@ -506,12 +507,10 @@ impl<'a> Freezer<'a> {
         rel: &Path,
         name: Vec<u8>,
         st: &sys::Stat,
-        pin: Option<OwnedFd>,
+        pin: Option<Pin>,
     ) -> Option<NewNode> {
         let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
-        if pin.is_some() && !regular {
-            self.budget.release();
-        }
+        // Only regular files keep a pin; another gives its budget back as it drops.
         let pin = pin.filter(|_| regular);
         let kind = match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => {
@@ -585,10 +584,7 @@ impl<'a> Freezer<'a> {
                     _ => continue,
                 },
                 _ => {
-                    // Not served: its pin, if any, goes back to the budget.
-                    if pin.is_some() {
-                        self.budget.release();
-                    }
+                    // Not served (its pin, if any, gives its budget back as it drops).
                     self.report.special_files += 1;
                     continue;
                 }
@@ -616,15 +612,14 @@ impl<'a> Freezer<'a> {
         dir: Option<BorrowedFd<'_>>,
         mailbox: &Path,
         l: &mut Listed,
-    ) -> Option<(sys::Stat, Option<OwnedFd>)> {
-        if let Some(pin) = l.pin.take() {
-            if let Ok(st) = sys::fstat(pin.as_fd())
-                && st.st_ino == l.ino
-            {
-                return Some((st, Some(pin)));
-            }
-            // The name was replaced between listing and pinning: not the listed file.
-            self.budget.release();
+    ) -> Option<(sys::Stat, Option<Pin>)> {
+        // A pin that is not of the listed inode (the name was replaced between listing and
+        // pinning) is not the listed file: it drops, giving its budget back.
+        if let Some(pin) = l.pin.take()
+            && let Ok(st) = sys::fstat(pin.as_fd())
+            && st.st_ino == l.ino
+        {
+            return Some((st, Some(pin)));
         }
         // Without the directory, an unpinned message cannot be reached.
         let dir = dir?;
@@ -634,7 +629,7 @@ impl<'a> Freezer<'a> {
         if let Some(pin) = self.budget.pin(dir, OsStr::from_bytes(&l.name), l.d_type) {
             match sys::fstat(pin.as_fd()) {
                 Ok(st) if st.st_ino == l.ino => return Some((st, Some(pin))),
-                _ => self.budget.release(),
+                _ => {}
             }
         }
         match sys::lstat_at(dir, OsStr::from_bytes(&l.name)) {
@@ -660,7 +655,7 @@ impl<'a> Freezer<'a> {
     /// Finds a message listed as `l` under its current name in `cur/` or `new/` (same inode,
     /// same base name), and pins it. A client renaming without a lock can move it again while
     /// we look, so the directories are read up to `RELISTS` times.
-    fn find_renamed(&self, mailbox: &Path, l: &Listed) -> Option<(sys::Stat, Option<OwnedFd>)> {
+    fn find_renamed(&self, mailbox: &Path, l: &Listed) -> Option<(sys::Stat, Option<Pin>)> {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY;
         let mfd = sys::open_beneath(self.root, mailbox.as_os_str(), flags).ok()?;
         let new = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(names::NEW)).ok()?;
@@ -678,7 +673,7 @@ impl<'a> Freezer<'a> {
             if let Some(pin) = self.budget.pin(dir.as_fd(), name, l.d_type) {
                 match sys::fstat(pin.as_fd()) {
                     Ok(st) if st.st_ino == l.ino => return Some((st, Some(pin))),
-                    _ => self.budget.release(),
+                    _ => {}
                 }
             }
             if let Ok(st) = sys::lstat_at(dir.as_fd(), name)

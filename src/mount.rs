@@ -533,12 +533,11 @@ fn start_worker(board: &Arc<Board>) -> Result<(usize, std::thread::JoinHandle<()
                 );
                 let mut state = board.state.lock();
                 if let Slot::Stalled = state.slots[i] {
-                    // Given up on while this thread was stuck; the pins of what it made are
-                    // closed as `r` drops. A new worker has taken this one's place.
+                    // Given up on while this thread was stuck; the pins of what it made close,
+                    // and give their budget back, as `r` drops. A new worker has taken this
+                    // one's place.
                     drop(state);
-                    if let Ok(c) = r {
-                        capture::release_pins(c.mailboxes, &w.budget);
-                    }
+                    drop(r);
                     return;
                 }
                 state.on[id] = None;

@@ -7,7 +7,8 @@
 //! which is raised as far as the process may. What does not fit in the budget is served by
 //! re-resolution instead (see `source.rs`); the summary says how many of each.
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::sys;
@@ -15,6 +16,27 @@ use crate::sys;
 /// fds kept free for everything else: FUSE channels (one per thread with `clone_fd`), directory
 /// fds during capture, reopened files being read, the log file, the state file.
 pub const RESERVE: usize = 256;
+
+/// A pinned file: its fd, and its share of the budget, which it gives back when dropped, so
+/// that no path (an error, a discarded capture, a file that turns out to be a FIFO) can lose
+/// it.
+#[derive(Debug)]
+pub struct Pin {
+    fd: OwnedFd,
+    budget: Arc<PinBudget>,
+}
+
+impl AsFd for Pin {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.budget.release();
+    }
+}
 
 /// How many more files may be pinned.
 #[derive(Debug)]
@@ -46,27 +68,35 @@ impl PinBudget {
     }
 
     /// A budget of exactly `n` pins (tests).
-    pub fn fixed(n: usize) -> PinBudget {
-        PinBudget {
+    pub fn fixed(n: usize) -> Arc<PinBudget> {
+        Arc::new(PinBudget {
             left: AtomicUsize::new(n),
             in_use: AtomicUsize::new(0),
             overdrawn: AtomicUsize::new(0),
             base: sys::open_fd_count(),
             limit: n as u64,
-        }
+        })
     }
 
     /// Pins `name` in `dir` if the budget allows; `d_type` is the entry's type from its
     /// listing (see `sys::pin_at`). `None` when over budget or the open fails (the name is gone:
     /// the caller falls back to re-resolution).
-    pub fn pin(&self, dir: BorrowedFd<'_>, name: &std::ffi::OsStr, d_type: u8) -> Option<OwnedFd> {
+    pub fn pin(
+        self: &Arc<Self>,
+        dir: BorrowedFd<'_>,
+        name: &std::ffi::OsStr,
+        d_type: u8,
+    ) -> Option<Pin> {
         self.left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .ok()?;
         match sys::pin_at(dir, name, d_type == libc::DT_REG) {
             Ok(fd) => {
                 self.in_use.fetch_add(1, Ordering::Relaxed);
-                Some(fd)
+                Some(Pin {
+                    fd,
+                    budget: Arc::clone(self),
+                })
             }
             Err(_) => {
                 self.left.fetch_add(1, Ordering::Relaxed);
@@ -79,7 +109,7 @@ impl PinBudget {
     /// over it (a file that must be pinned whatever the budget: a `dovecot-uidlist` too large
     /// to hold in memory; without it a restore loses every UID). The overdraft is paid back
     /// first when pins are released.
-    pub fn adopt(&self, fd: OwnedFd) -> OwnedFd {
+    pub fn adopt(self: &Arc<Self>, fd: OwnedFd) -> Pin {
         if self
             .left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -88,7 +118,10 @@ impl PinBudget {
             self.overdrawn.fetch_add(1, Ordering::Relaxed);
         }
         self.in_use.fetch_add(1, Ordering::Relaxed);
-        fd
+        Pin {
+            fd,
+            budget: Arc::clone(self),
+        }
     }
 
     /// How many pins are held now.
@@ -101,8 +134,8 @@ impl PinBudget {
         self.left.load(Ordering::Relaxed) == 0
     }
 
-    /// Gives back the budget of a pin that was dropped.
-    pub fn release(&self) {
+    /// Gives back the budget of a pin that was dropped (`Pin`'s drop).
+    fn release(&self) {
         self.in_use.fetch_sub(1, Ordering::Relaxed);
         let repaid = self
             .overdrawn

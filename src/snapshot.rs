@@ -14,7 +14,7 @@
 //!   one `Ino`, as they share one inode in SOURCE.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -193,7 +193,7 @@ pub struct Snapshot {
     ino_nodes: Vec<NodeIdx>,
     /// The `O_PATH` pin of each node, by node index; `None` for directories, symlinks, inline
     /// files and files over the pin budget.
-    pins: Vec<Option<OwnedFd>>,
+    pins: Vec<Option<crate::pin::Pin>>,
     /// `st_dev` of SOURCE: every served file must be on it.
     pub source_dev: u64,
     pub totals: Totals,
@@ -360,7 +360,7 @@ pub struct NewNode {
     pub name: Vec<u8>,
     pub kind: NewKind,
     pub attr: Attr,
-    pub pin: Option<OwnedFd>,
+    pub pin: Option<crate::pin::Pin>,
 }
 
 #[derive(Debug, Clone)]

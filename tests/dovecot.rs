@@ -174,7 +174,8 @@ fn captured_ids(
                 .chain(&m.cur)
                 .filter_map(|l| {
                     let pin = l.pin.as_ref()?;
-                    let bytes = std::fs::read(format!("/proc/self/fd/{}", pin.as_raw_fd())).ok()?;
+                    let bytes =
+                        std::fs::read(format!("/proc/self/fd/{}", pin.as_fd().as_raw_fd())).ok()?;
                     message_id(&bytes)
                 })
                 .collect();
