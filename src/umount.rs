@@ -33,7 +33,7 @@ pub fn umount(mountpoint: &Path) -> Result<Option<String>> {
     for path in stale {
         let _ = std::fs::remove_file(path);
     }
-    unmount_now(&abs).map_err(|e| Error::io("cannot unmount", mountpoint, e))?;
+    unmount_busy_patiently(&abs).map_err(|e| Error::io("cannot unmount", mountpoint, e))?;
     let Some((mut file, _)) = state else {
         return Ok(None);
     };
@@ -57,6 +57,24 @@ pub fn umount(mountpoint: &Path) -> Result<Option<String>> {
         .into_iter()
         .find(|(k, _)| k == "final")
         .map(|(_, v)| v))
+}
+
+/// How long a busy mount is tried again: a reader that has just finished (or a process forked
+/// while it had a file open, not yet exec'd) lets go within milliseconds; one that is really
+/// using the view is reported after this.
+const BUSY_WAIT: Duration = Duration::from_secs(2);
+
+/// [`unmount_now`], tried again for [`BUSY_WAIT`] while the mount is busy (`EBUSY`).
+fn unmount_busy_patiently(path: &Path) -> std::io::Result<()> {
+    let deadline = Instant::now() + BUSY_WAIT;
+    loop {
+        match unmount_now(path) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn unmount_now(path: &Path) -> std::io::Result<()> {

@@ -329,9 +329,14 @@ struct HungSource {
 }
 
 impl HungSource {
+    /// Reads of the keywords file hang once the mailbox is locked.
     fn mount(fx: &Fixture) -> HungSource {
+        Self::mount_with(fx, faulty::Stall::engage)
+    }
+
+    fn mount_with(fx: &Fixture, engage: fn(&faulty::Stall)) -> HungSource {
         let stall = faulty::Stall::new();
-        stall.engage();
+        engage(&stall);
         let session = faulty::mount_with(
             &fx.src(),
             faulty::Controls {
@@ -473,5 +478,34 @@ fn sigterm_during_a_hung_capture_releases_every_lock_within_a_second() {
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("interrupted"), "stderr: {stderr}");
     assert!(!is_mounted(&fx.mnt()));
+    assert_eq!(lock_files(&fx.src()), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn a_capture_hung_before_its_locks_is_given_up_and_the_other_accounts_are_served() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("faults-stall-early");
+    // Every read of the keywords file hangs, so the capture hangs in the read it makes before
+    // locking (to warm the cache): no lock is ever taken on that account.
+    let source = HungSource::mount_with(&fx, faulty::Stall::engage_always);
+    let m = Mounted::new(&fx, &["--stall-timeout", "1"]);
+    assert!(source.stall.waiting() >= 1, "the warm-up read is held");
+    assert!(!fx.src().join("Maildir/dovecot-uidlist.lock").exists());
+    assert!(
+        m.stderr.contains("1 accounts STALLED"),
+        "summary: {}",
+        m.stderr
+    );
+    let listed =
+        std::fs::read_dir(m.mnt.join("Maildir")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    assert_eq!(listed.err().and_then(|e| e.raw_os_error()), Some(libc::EIO));
+    assert_eq!(
+        std::fs::read(m.mnt.join(faulty::OTHER)).unwrap(),
+        b"Subject: other\n\nserved\n"
+    );
+    m.umount();
+    source.stall.release();
     assert_eq!(lock_files(&fx.src()), Vec::<std::path::PathBuf>::new());
 }

@@ -732,3 +732,37 @@ fn umount_clears_the_mount_of_a_crashed_server_and_a_new_mount_works() {
     m.umount();
     assert!(lock_files(&fx.src()).is_empty());
 }
+
+#[test]
+fn umount_waits_briefly_for_a_reader_that_is_letting_go() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("umount-busy");
+    fx.mailbox("Maildir");
+    fx.write("Maildir/cur/1.a:2,S", b"a\n");
+    let m = Mounted::new(&fx, &[]);
+    // A reader still has a file open when umount starts, and closes it 300 ms later (a
+    // backup just finishing, or a process forked while it had the file open).
+    let reader = std::fs::File::open(m.mnt.join("Maildir/cur/1.a:2,S")).unwrap();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(reader);
+    });
+    let out = run(&[OsStr::new("umount"), m.mnt.as_os_str()], &[]);
+    closer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&m.mnt));
+    // One that keeps its file open makes umount fail, naming the mount point.
+    let m = Mounted::new(&fx, &[]);
+    let _held = std::fs::File::open(m.mnt.join("Maildir/cur/1.a:2,S")).unwrap();
+    let out = run(&[OsStr::new("umount"), m.mnt.as_os_str()], &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("busy"), "{said}");
+    drop(_held);
+}

@@ -91,6 +91,8 @@ pub struct Controls {
 #[derive(Default)]
 struct Held {
     engaged: bool,
+    /// Hold the reads made without the mailbox's lock too (the capture's warm-up read).
+    unlocked_too: bool,
     /// Each reply with the bytes it is to get: the file never changes, so they can be cut
     /// when the read arrives, and answering needs no access to the tree.
     replies: Vec<(ReplyData, Vec<u8>)>,
@@ -121,11 +123,19 @@ impl Stall {
         self.held.lock().engaged = true;
     }
 
+    /// From now on, every read of [`KEYWORDS`] is held, locked or not.
+    pub fn engage_always(&self) {
+        let mut held = self.held.lock();
+        held.engaged = true;
+        held.unlocked_too = true;
+    }
+
     /// Stops holding and answers every held read with its data.
     pub fn release(&self) {
         let replies = {
             let mut held = self.held.lock();
             held.engaged = false;
+            held.unlocked_too = false;
             std::mem::take(&mut held.replies)
         };
         // Answered outside the lock: a reply is a write to /dev/fuse, and the session thread
@@ -143,9 +153,9 @@ impl Stall {
     /// Keeps `reply` if engaged; hands it back otherwise, to be answered at once. Checked and
     /// kept under one lock, so that a read arriving as the stall is released is never left
     /// behind.
-    fn hold(&self, reply: ReplyData, data: Vec<u8>) -> Option<(ReplyData, Vec<u8>)> {
+    fn hold(&self, reply: ReplyData, data: Vec<u8>, locked: bool) -> Option<(ReplyData, Vec<u8>)> {
         let mut held = self.held.lock();
-        if !held.engaged {
+        if !held.engaged || !(locked || held.unlocked_too) {
             return Some((reply, data));
         }
         held.replies.push((reply, data));
@@ -492,7 +502,7 @@ impl Filesystem for Faulty {
         };
         // Held without the tree's lock, and without waiting: the session thread goes on.
         let reply = match self.stall.upgrade() {
-            Some(stall) if ino.0 == self.keywords && locked => stall.hold(reply, bytes),
+            Some(stall) if ino.0 == self.keywords => stall.hold(reply, bytes, locked),
             _ => Some((reply, bytes)),
         };
         if let Some((reply, bytes)) = reply {
