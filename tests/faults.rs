@@ -474,6 +474,7 @@ fn sigterm_during_a_hung_capture_releases_every_lock_within_a_second() {
         "the server is still running"
     );
     let out = child.wait_with_output().unwrap();
+    eprintln!("mount returned {:?} after SIGTERM", sent.elapsed());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("interrupted"), "stderr: {stderr}");
