@@ -171,6 +171,16 @@ pub struct AccountCapture {
     pub pin_time: Duration,
 }
 
+impl AccountCapture {
+    /// Messages listed in the `new/` and `cur/` of its mailboxes.
+    pub fn messages(&self) -> usize {
+        self.mailboxes
+            .values()
+            .map(|m| m.new.len() + m.cur.len())
+            .sum()
+    }
+}
+
 /// How far a capture has come, for the progress line; updated by the capture workers.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -178,7 +188,7 @@ pub struct Progress {
     pub accounts_done: AtomicUsize,
     pub messages: AtomicUsize,
     /// The accounts being captured now, with when each started. Protected by this mutex.
-    running: parking_lot::Mutex<Vec<(PathBuf, Instant)>>,
+    running: parking_lot::Mutex<Vec<(String, Instant)>>,
 }
 
 impl Progress {
@@ -193,11 +203,7 @@ impl Progress {
             .iter()
             .min_by_key(|(_, since)| *since)
             .map(|(account, since)| {
-                format!(
-                    "; now {} ({:.1} s)",
-                    crate::error::escape_path(account),
-                    since.elapsed().as_secs_f64()
-                )
+                format!("; now {account} ({:.1} s)", since.elapsed().as_secs_f64())
             })
             .unwrap_or_default();
         format!(
@@ -214,15 +220,13 @@ impl Progress {
         )
     }
 
-    /// An account's capture has started (`shown`: its path as the admin knows it).
-    pub fn started(&self, shown: &Path) {
-        self.running
-            .lock()
-            .push((shown.to_path_buf(), Instant::now()));
+    /// An account's capture has started (`shown`: its path as the summary shows it).
+    pub fn started(&self, shown: &str) {
+        self.running.lock().push((shown.to_owned(), Instant::now()));
     }
 
     /// An account's capture has ended, however.
-    pub fn finished(&self, shown: &Path) {
+    pub fn finished(&self, shown: &str) {
         let mut running = self.running.lock();
         if let Some(i) = running.iter().position(|(a, _)| a == shown) {
             running.swap_remove(i);
@@ -231,12 +235,7 @@ impl Progress {
 
     /// Counts one account captured.
     pub fn account_done(&self, c: &AccountCapture) {
-        let n = c
-            .mailboxes
-            .values()
-            .map(|m| m.new.len() + m.cur.len())
-            .sum();
-        self.messages.fetch_add(n, Ordering::Relaxed);
+        self.messages.fetch_add(c.messages(), Ordering::Relaxed);
         self.accounts_done.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -1025,7 +1024,6 @@ fn read_control_files(
                         }
                     );
                     left_out.push((name, LeftOut::TooLarge));
-                    last = None;
                     break;
                 }
                 Ok(Read::Bytes(stat, bytes, stable)) => {
@@ -1083,15 +1081,13 @@ fn read_once(
     room: usize,
     watch: &Watch,
 ) -> std::io::Result<Read> {
-    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
-    let fd = match sys::openat(dir, OsStr::from_bytes(name), flags) {
-        Ok(fd) => fd,
+    let (fd, before) = match sys::open_untrusted(dir, OsStr::from_bytes(name)) {
+        Ok(opened) => opened,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Read::Absent),
         // A socket cannot be opened at all.
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(Read::Special("a socket")),
         Err(e) => return Err(e),
     };
-    let before = sys::fstat(fd.as_fd())?;
     match before.st_mode & libc::S_IFMT {
         libc::S_IFREG => {}
         libc::S_IFIFO => return Ok(Read::Special("a FIFO")),

@@ -75,7 +75,8 @@ pub struct MountArgs {
     pub lock_timeout: u64,
     /// Seconds one operation may take while an account's locks are held (an open, a read, a
     /// directory listing: milliseconds on a healthy disk) before maildirfs releases that
-    /// account's locks, shows it empty and goes on with the others (with --strict-lock, fails).
+    /// account's locks, makes it fail with EIO in the view and goes on with the others (with
+    /// --strict-lock, fails).
     #[arg(long, value_name = "SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_timeout: u64,

@@ -25,7 +25,7 @@ use crate::capture::{
     self, AccountCapture, ControlBudget, ControlContent, LeftOut, Listed, MailboxCapture,
 };
 use crate::error::{Error, Result, escape_path};
-use crate::maildir::discover::{MAX_DEPTH, entry_is_dir, is_mailbox};
+use crate::maildir::discover::{MAX_DEPTH, child_depth, entry_is_dir, is_mailbox};
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
 use crate::pin::{Pin, PinBudget};
@@ -54,8 +54,8 @@ pub struct FreezeReport {
     pub unreadable: Vec<PathBuf>,
     /// Control files left out because they were too large (see `capture::CONTROL_FILE_BYTES`).
     pub control_too_large: Vec<PathBuf>,
-    /// Accounts whose capture hung under their locks: the locks were released, the account
-    /// is shown empty.
+    /// Accounts whose capture hung: their locks were released, and listing them in the view
+    /// fails with `EIO`.
     pub stalled: Vec<PathBuf>,
     /// Directories more than [`MAX_DEPTH`] levels down, shown empty.
     pub too_deep: Vec<PathBuf>,
@@ -82,8 +82,8 @@ impl FreezeReport {
 }
 
 /// Builds the snapshot of the tree at `root` (SOURCE, path `source`) from the accounts'
-/// captures. `stalled` are the roots of accounts whose capture hung: they are shown empty,
-/// and never opened again.
+/// captures. `stalled` are the roots of accounts whose capture hung: listing them fails with
+/// `EIO`, and they are never opened again.
 pub fn freeze(
     root: BorrowedFd<'_>,
     source: &Path,
@@ -224,7 +224,6 @@ impl<'a> Freezer<'a> {
                 self.show(&p.rel)
             );
             self.report.stalled.push(p.rel.clone());
-            self.report.unreadable.push(p.rel.clone());
             self.builder.add_children(p.node, Vec::new());
             self.builder.mark_unlistable(p.node);
             return Ok(Vec::new());
@@ -420,17 +419,10 @@ impl<'a> Freezer<'a> {
             }
         }
         let placed = self.builder.add_children(p.node, children);
-        let depth = if mailbox && !p.depth.in_account {
-            // An account's root mailbox: depth counts from here.
-            Depth {
-                levels: 1,
-                in_account: true,
-            }
-        } else {
-            Depth {
-                levels: p.depth.levels + 1,
-                in_account: p.depth.in_account || mailbox,
-            }
+        // The same rule as discovery's.
+        let depth = Depth {
+            levels: child_depth(p.depth.levels, mailbox && !p.depth.in_account),
+            in_account: p.depth.in_account || mailbox,
         };
         // Kept open for the subdirectories while the budget can spare one fd.
         let mut parent = None;

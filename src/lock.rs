@@ -91,10 +91,6 @@ impl LockHandle {
     pub fn release(&self) {
         self.0.release(Release::Early);
     }
-
-    pub fn path(&self) -> &Path {
-        &self.0.path
-    }
 }
 
 /// The outcome of one try.
@@ -336,8 +332,8 @@ pub fn parse_holder(content: &[u8]) -> Option<(i32, String)> {
 /// The first 4 KiB of a lock file. `O_NONBLOCK` and the type check keep a FIFO swapped in
 /// since the `lstat` from blocking the open (and us, with other locks of the account held).
 fn read_small(dir: &Arc<OwnedFd>, name: &OsStr) -> std::io::Result<Vec<u8>> {
-    let fd = sys::openat(dir.as_fd(), name, libc::O_RDONLY | libc::O_NONBLOCK)?;
-    if sys::fstat(fd.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+    let (fd, st) = sys::open_untrusted(dir.as_fd(), name)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut buf = Vec::new();
@@ -397,8 +393,8 @@ struct Registered {
 }
 
 impl Registry {
-    /// Adds a lock just created; false once the process is stopping (the caller then drops
-    /// the lock, which removes it).
+    /// Adds a lock just created; false once the process is stopping (the caller then removes
+    /// it).
     fn register(&self, held: &Arc<Held>) -> bool {
         let mut state = self.state.lock();
         if state.closed {

@@ -253,11 +253,7 @@ pub fn capture_tree_with(
             unlocked: c.unlocked.clone(),
             lock_hold: c.lock_hold,
             pin_time: c.pin_time,
-            messages: c
-                .mailboxes
-                .values()
-                .map(|m| m.new.len() + m.cur.len())
-                .sum(),
+            messages: c.messages(),
         })
         .collect();
     let (snapshot, report) = freeze::freeze(
@@ -401,8 +397,8 @@ fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, 
                 let locked = watch.holds_locks();
                 watch.revoke();
                 log::warn!(
-                    "capture of {} stalled for {:.1} s (no progress for {} s){}; the account is \
-                     shown empty",
+                    "capture of {} stalled for {:.1} s (no progress for {} s){}; the account \
+                     fails with EIO in the view",
                     escape_path(&board.work.source.join(watch.account())),
                     watch.elapsed().as_secs_f64(),
                     board.work.stall_timeout.as_secs_f64(),
@@ -412,7 +408,7 @@ fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, 
                         ""
                     }
                 );
-                board.work.progress.finished(&display_path(watch.account()));
+                board.work.progress.finished(&display_rel(watch.account()));
                 // The stuck worker will not take more work: another takes its place.
                 match start_worker(&board) {
                     Ok(h) => handles.push(h),
@@ -464,7 +460,7 @@ fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, 
         return Err(Error::msg(
             "cannot lock account",
             board.work.source.join(first),
-            "its capture hung under its locks (--strict-lock)",
+            "its capture hung (--strict-lock)",
         ));
     }
     Ok((out, stalled))
@@ -521,7 +517,7 @@ fn start_worker(board: &Arc<Board>) -> Result<(usize, std::thread::JoinHandle<()
                 };
                 let w = &board.work;
                 let account = &w.accounts[i];
-                let shown = display_path(&account.root);
+                let shown = display_rel(&account.root);
                 w.progress.started(&shown);
                 let r = capture::capture_account(
                     board.root.as_fd(),
@@ -555,15 +551,6 @@ fn start_worker(board: &Arc<Board>) -> Result<(usize, std::thread::JoinHandle<()
         })
         .map(|h| (id, h))
         .map_err(|e| Error::io("cannot start a capture thread", "maildirfs", e))
-}
-
-/// An account's path relative to SOURCE as the summary shows it (`.` for SOURCE itself).
-fn display_path(rel: &Path) -> PathBuf {
-    if rel.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        rel.to_path_buf()
-    }
 }
 
 /// Test-only: keep each account's locks this long after listing (`MAILDIRFS_TEST_HOLD_MS`).

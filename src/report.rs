@@ -31,7 +31,7 @@ pub struct MountReport {
     pub special_files: u64,
     /// Control files left out for their size.
     pub control_files_too_large: u64,
-    /// Accounts whose capture hung under their locks (locks released, shown empty).
+    /// Accounts whose capture hung (locks released, `EIO` in the view).
     pub stalled_accounts: u64,
     /// Directories deeper than the depth limit, shown empty.
     pub too_deep: u64,
@@ -303,7 +303,7 @@ impl MountReport {
             ),
             (
                 self.stalled_accounts,
-                "accounts whose capture hung (locks released, shown empty)",
+                "accounts whose capture hung (locks released, EIO in the view)",
             ),
             (self.too_deep, "directories too deep, shown empty"),
         ];

@@ -54,6 +54,19 @@ pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Resu
     }
 }
 
+/// Opens `name` in `dir` for reading as a file someone else controls, and `fstat`s it: a
+/// FIFO does not block the open (`O_NONBLOCK`), a symlink is refused (`ELOOP`), a terminal
+/// never becomes ours (`O_NOCTTY`). The caller checks what the stat says it is before reading.
+pub fn open_untrusted(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(OwnedFd, Stat)> {
+    let fd = openat(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+    )?;
+    let st = fstat(fd_borrow(&fd))?;
+    Ok((fd, st))
+}
+
 /// Opens a directory component relative to `dir` without following a symlink.
 pub fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY)

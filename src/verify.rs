@@ -367,13 +367,12 @@ fn show(rel: &Path) -> String {
 /// Reads a regular file of `dir` whole; `None` if there is none. `O_NONBLOCK` and the type
 /// check keep a FIFO in its place from blocking the check.
 fn read_file(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
-    let fd = match sys::openat(dir, OsStr::from_bytes(name), flags) {
-        Ok(fd) => fd,
+    let (fd, st) = match sys::open_untrusted(dir, OsStr::from_bytes(name)) {
+        Ok(opened) => opened,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if sys::fstat(std::os::fd::AsFd::as_fd(&fd))?.st_mode & libc::S_IFMT != libc::S_IFREG {
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(std::io::Error::other("not a regular file"));
     }
     let mut bytes = Vec::new();

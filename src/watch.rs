@@ -8,7 +8,7 @@
 //! account's [`Watch`] after each operation, and the thread that hands out the accounts
 //! (`mount::capture_accounts`) checks every running capture's heartbeat: one that has not
 //! moved for the stall timeout is *revoked* — its locks are released at once from that
-//! thread, whatever the capturing thread is stuck in, and the account is shown unreadable.
+//! thread, whatever the capturing thread is stuck in, and the account fails with `EIO` in the view.
 //!
 //! Invariant: after [`Watch::revoke`] returns, no lock registered with the watch is held, and
 //! none can be registered any more (the capture discards what it made).

@@ -25,6 +25,12 @@ use crate::sys;
 /// searched and shown; deeper directories are shown empty, with a warning.
 pub const MAX_DEPTH: usize = 256;
 
+/// The depth of a subdirectory of a directory `depth` levels down: 1 below a directory that is
+/// an account's root mailbox (depth counts from there), else one more.
+pub fn child_depth(depth: usize, account_root: bool) -> usize {
+    if account_root { 1 } else { depth + 1 }
+}
+
 /// One account: a top-level mailbox and the mailboxes below it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -120,11 +126,7 @@ impl Walk<'_> {
         // A directory only on the way to selected ones is searched but is no mailbox itself.
         let shown = self.selection.visibility(&rel) == Visibility::Shown;
         let mailbox = shown && is_mailbox(dir, &entries);
-        let child_depth = if mailbox && account.is_none() {
-            1
-        } else {
-            depth + 1
-        };
+        let below = child_depth(depth, mailbox && account.is_none());
         let account = if mailbox {
             let idx = account.unwrap_or_else(|| {
                 self.out.accounts.push(Account {
@@ -169,7 +171,7 @@ impl Walk<'_> {
             if !self.same_fs(&child, &child_rel) {
                 continue;
             }
-            self.visit(child.as_fd(), child_rel, account, child_depth)?;
+            self.visit(child.as_fd(), child_rel, account, below)?;
         }
         Ok(())
     }

@@ -277,12 +277,14 @@ fn attr(nodes: &[Node], ino: u64) -> Option<FileAttr> {
     })
 }
 
-/// The contents of a file that clients may change, or why not.
-fn changeable(n: &mut Node) -> Result<&mut Vec<u8>, Errno> {
-    match &mut n.data {
+/// Node `ino` if it is a file that clients may change (one they created), or why not. Its
+/// `data` is then `Some`.
+fn changeable(nodes: &mut [Node], ino: u64) -> Result<&mut Node, Errno> {
+    let n = node_mut(nodes, ino).ok_or(Errno::ENOENT)?;
+    match &n.data {
         None => Err(Errno::EISDIR),
         Some(_) if !n.created => Err(Errno::EROFS),
-        Some(d) => Ok(d),
+        Some(_) => Ok(n),
     }
 }
 
@@ -338,13 +340,11 @@ impl Filesystem for Faulty {
         reply: ReplyAttr,
     ) {
         let mut nodes = self.nodes.lock();
-        let Some(n) = node_mut(&mut nodes, ino.0) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let data = match changeable(n) {
-            Ok(d) => d,
+        let n = match changeable(&mut nodes, ino.0) {
+            Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        let data = n.data.get_or_insert_default();
         if let Some(size) = size
             && let Err(e) = resize(data, size)
         {
@@ -369,12 +369,10 @@ impl Filesystem for Faulty {
         let Some(ino) = child(&nodes, parent.0, name) else {
             return reply.error(Errno::ENOENT);
         };
-        let Some(n) = node_mut(&mut nodes, ino) else {
-            return reply.error(Errno::ENOENT);
+        let n = match changeable(&mut nodes, ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
-        if let Err(e) = changeable(n) {
-            return reply.error(e);
-        }
         n.linked = false;
         n.ctime = SystemTime::now();
         reply.ok();
@@ -449,13 +447,11 @@ impl Filesystem for Faulty {
     fn open(&self, _r: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             let mut nodes = self.nodes.lock();
-            let Some(n) = node_mut(&mut nodes, ino.0) else {
-                return reply.error(Errno::ENOENT);
-            };
-            let data = match changeable(n) {
-                Ok(d) => d,
+            let n = match changeable(&mut nodes, ino.0) {
+                Ok(n) => n,
                 Err(e) => return reply.error(e),
             };
+            let data = n.data.get_or_insert_default();
             // The kernel sends O_TRUNC as a setattr unless told otherwise; honoured here too,
             // should it ever pass the flag on.
             if flags.0 & libc::O_TRUNC != 0 {
@@ -523,13 +519,11 @@ impl Filesystem for Faulty {
         reply: ReplyWrite,
     ) {
         let mut nodes = self.nodes.lock();
-        let Some(n) = node_mut(&mut nodes, ino.0) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let contents = match changeable(n) {
-            Ok(d) => d,
+        let n = match changeable(&mut nodes, ino.0) {
+            Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        let contents = n.data.get_or_insert_default();
         let end = offset.saturating_add(data.len() as u64);
         if end > contents.len() as u64
             && let Err(e) = resize(contents, end)
