@@ -317,6 +317,7 @@ fn main() {
         messages: o.messages,
         accounts: o.accounts,
         avg_size: 6400,
+        folders: 0,
         out: src.clone(),
     })
     .expect("generate tree");

@@ -5,6 +5,9 @@
 //!
 //! cargo run --release --example gen_maildir -- --messages 100000 --accounts 40 OUT
 //!
+//! An ISP-shaped store (many small accounts, INBOX and 3 folders each):
+//! `--messages 100000 --accounts 20000 --folders 4`.
+//!
 //! The benchmark includes this file as a module and calls [`generate`].
 
 use std::fmt::Write as _;
@@ -27,8 +30,13 @@ pub struct Args {
     pub messages: usize,
     pub accounts: usize,
     pub avg_size: usize,
+    /// Mailboxes per account (INBOX and `folders - 1` folders); 0: from 3 to 9, varying.
+    pub folders: usize,
     pub out: PathBuf,
 }
+
+const USAGE: &str =
+    "usage: gen_maildir [--messages N] [--accounts A] [--avg-size BYTES] [--folders F] OUT";
 
 #[allow(dead_code)]
 fn parse_args() -> Result<Args, String> {
@@ -36,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
         messages: 1000,
         accounts: 4,
         avg_size: 6400,
+        folders: 0,
         out: PathBuf::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -49,20 +58,14 @@ fn parse_args() -> Result<Args, String> {
             "--messages" => a.messages = num("--messages")?,
             "--accounts" => a.accounts = num("--accounts")?.max(1),
             "--avg-size" => a.avg_size = num("--avg-size")?.max(200),
-            "-h" | "--help" => {
-                return Err(
-                    "usage: gen_maildir [--messages N] [--accounts A] [--avg-size BYTES] OUT"
-                        .into(),
-                );
-            }
+            "--folders" => a.folders = num("--folders")?.clamp(1, FOLDERS.len()),
+            "-h" | "--help" => return Err(USAGE.into()),
             _ if a.out.as_os_str().is_empty() => a.out = PathBuf::from(arg),
             _ => return Err(format!("unexpected argument {arg}")),
         }
     }
     if a.out.as_os_str().is_empty() {
-        return Err(
-            "usage: gen_maildir [--messages N] [--accounts A] [--avg-size BYTES] OUT".into(),
-        );
+        return Err(USAGE.into());
     }
     Ok(a)
 }
@@ -107,7 +110,11 @@ pub fn generate(a: &Args) -> std::io::Result<()> {
         let root = a.out.join(&domain).join(&user).join("Maildir");
         let n = per_account.min(left);
         left -= n;
-        let folders = &FOLDERS[..(3 + acc % (FOLDERS.len() - 2)).min(FOLDERS.len())];
+        let count = match a.folders {
+            0 => (3 + acc % (FOLDERS.len() - 2)).min(FOLDERS.len()),
+            n => n,
+        };
+        let folders = &FOLDERS[..count];
         let mut boxes: Vec<(PathBuf, Vec<String>)> = Vec::new();
         for f in folders {
             let dir = if f.is_empty() {

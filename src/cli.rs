@@ -32,6 +32,8 @@ pub struct Cli {
 const MOUNT_LIMITS: &str = "Limits, whatever an account's owner puts in their Maildir:\n  - Control files (dovecot-uidlist, dovecot-keywords, subscriptions, dovecot-acl, ...) are taken only when they are regular files; a FIFO, socket, device or directory in their place is left out, logged and counted.\n  - At most 16 MiB of control files are held in memory per account, and at most 1 MiB per file other than dovecot-uidlist; a larger one is left out with a warning. A dovecot-uidlist that does not fit is never left out: it is pinned under the lock and served at its captured length.\n  - Directories more than 256 levels below an account (or below SOURCE outside accounts) are shown empty, with a warning.\n  - An operation that hangs under an account's locks for --stall-timeout seconds gets that account's locks released at once; listing that account in the view fails with EIO (so a \
 mirroring backup deletes nothing of it), and the others go on.\n  - SIGTERM or SIGINT releases every lock at once, at any moment, and ends the server.";
 
+// Parsed once per run: the size of the mount variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Capture SOURCE and mount the frozen view on MOUNTPOINT; returns once it is mounted.
@@ -106,7 +108,7 @@ pub struct MountArgs {
     pub allow_other: bool,
     /// Mount options, comma-separated, fstab style: ro, allow_other, exclude_indexes,
     /// no_lock, strict_lock, lock_timeout=SECS, stall_timeout=SECS, lock_host=NAME,
-    /// include=GLOB, exclude=GLOB,
+    /// include=GLOB, exclude=GLOB, capture=MODE, working_set=FILES,
     /// log_file=PATH, summary_json=PATH, passthrough (noauto, nofail, _netdev, ... ignored).
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
@@ -131,6 +133,19 @@ pub struct MountArgs {
     /// Default: this host's name.
     #[arg(long, value_name = "NAME", value_parser = crate::options::valid_lock_host)]
     pub lock_host: Option<String>,
+    /// When accounts are captured. on-demand: at mount while the working set has room (a store
+    /// that fits is captured whole, at one instant), every other account when it is first
+    /// read; each account is frozen from its capture until it leaves the working set (least
+    /// recently used first, never one used in the last seconds) and is captured again, at a
+    /// new instant, if read again. at-mount: every account at mount, kept until umount.
+    #[arg(long, value_name = "MODE", default_value = "on-demand",
+          value_parser = ["on-demand", "at-mount"])]
+    pub capture: String,
+    /// How many files the captured accounts may keep pinned together (one fd each). Default:
+    /// what the fd limit leaves, and never more than about 1% of the machine's memory in
+    /// kernel memory.
+    #[arg(long, value_name = "FILES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub working_set: Option<u64>,
     /// Let the kernel read file contents straight from the source files (FUSE passthrough,
     /// Linux >= 6.9, root). Default: maildirfs serves reads and the kernel caches them (faster
     /// for many small files).
@@ -158,6 +173,8 @@ impl MountArgs {
         o.log_file = self.log_file;
         o.summary_json = self.summary_json;
         o.passthrough = self.passthrough;
+        o.capture = self.capture.parse()?;
+        o.working_set = self.working_set.map(|n| n as usize);
         o.lock_host = self.lock_host;
         for g in &self.include {
             o.selection.include(g)?;

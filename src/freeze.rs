@@ -62,6 +62,18 @@ pub struct FreezeReport {
 }
 
 impl FreezeReport {
+    /// Adds what another freeze noticed (an account frozen on its own).
+    pub fn merge(&mut self, o: FreezeReport) {
+        self.late_mailboxes.extend(o.late_mailboxes);
+        self.vanished += o.vanished;
+        self.special_files += o.special_files;
+        self.skipped_mounts.extend(o.skipped_mounts);
+        self.unreadable.extend(o.unreadable);
+        self.control_too_large.extend(o.control_too_large);
+        self.stalled.extend(o.stalled);
+        self.too_deep.extend(o.too_deep);
+    }
+
     /// Records what the capture of the mailbox at `rel` could not take: the `cur/` and `new/`
     /// it could not open, and the control files it left out.
     fn add_capture_of(&mut self, rel: &Path, m: &MailboxCapture) {
@@ -81,12 +93,29 @@ impl FreezeReport {
     }
 }
 
-/// Builds the snapshot of the tree at `root` (SOURCE, path `source`) from the accounts'
-/// captures. `stalled` are the roots of accounts whose capture hung: listing them fails with
-/// `EIO`, and they are never opened again.
+/// What one freeze builds.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// The tree from SOURCE down. The accounts in `deferred` (root mailbox -> account number)
+    /// are not entered: their directories are left to their own snapshots.
+    Tree { deferred: &'a HashMap<PathBuf, u32> },
+    /// One account alone, from its root mailbox `base` down: capture number `epoch` of
+    /// account number `account`.
+    Account {
+        base: &'a Path,
+        account: u32,
+        epoch: u32,
+    },
+}
+
+/// Builds the snapshot of `scope` in the tree at `root` (SOURCE, path `source`) from the
+/// accounts' captures. `stalled` are the roots of accounts whose capture hung: listing them
+/// fails with `EIO`, and they are never opened again.
+#[allow(clippy::too_many_arguments)]
 pub fn freeze(
     root: BorrowedFd<'_>,
     source: &Path,
+    scope: Scope<'_>,
     captures: Vec<AccountCapture>,
     stalled: &[PathBuf],
     exclude_indexes: bool,
@@ -94,8 +123,22 @@ pub fn freeze(
     budget: &Arc<PinBudget>,
 ) -> Result<(Snapshot, FreezeReport)> {
     let root_st = sys::fstat(root).map_err(|e| Error::io("cannot stat source", source, e))?;
+    let no_deferred = HashMap::new();
+    let (deferred, base) = match scope {
+        Scope::Tree { deferred } => (deferred, PathBuf::new()),
+        Scope::Account { base, .. } => (&no_deferred, base.to_path_buf()),
+    };
+    // The directory the walk starts from: SOURCE, or the account's root mailbox.
+    let base_fd = if base.as_os_str().is_empty() {
+        root.try_clone_to_owned()
+    } else {
+        sys::open_beneath(root, base.as_os_str(), libc::O_RDONLY | libc::O_DIRECTORY)
+    }
+    .map_err(|e| Error::io("cannot open", source.join(&base), e))?;
+    let base_st =
+        sys::fstat(base_fd.as_fd()).map_err(|e| Error::io("cannot stat", source.join(&base), e))?;
     let mut totals = Totals {
-        accounts: captures.len() + stalled.len(),
+        accounts: captures.len() + stalled.len() + deferred.len(),
         ..Totals::default()
     };
     let mut mailboxes: HashMap<PathBuf, MailboxCapture> = HashMap::new();
@@ -113,8 +156,21 @@ pub fn freeze(
         .map(|m| m.new.len() + m.cur.len() + 24)
         .sum::<usize>()
         + 64;
+    let builder = match scope {
+        Scope::Tree { .. } => Builder::new(attr_of(&root_st), root_st.st_dev, expected),
+        Scope::Account { account, epoch, .. } => Builder::for_account(
+            base.clone(),
+            attr_of(&base_st),
+            root_st.st_dev,
+            expected,
+            account,
+            epoch,
+        ),
+    };
     let mut f = Freezer {
         root,
+        base_fd,
+        deferred,
         budget,
         source,
         dev: root_st.st_dev,
@@ -123,7 +179,7 @@ pub fn freeze(
         mailboxes,
         stalled,
         late_control: ControlBudget::new(),
-        builder: Builder::new(attr_of(&root_st), root_st.st_dev, expected),
+        builder,
         report,
         totals: &mut totals,
     };
@@ -132,7 +188,7 @@ pub fn freeze(
     // and the levels above the accounts), however wide the tree is.
     let mut stack = vec![Pending {
         node: NodeIdx::ROOT,
-        rel: PathBuf::new(),
+        rel: base,
         role: Role::Plain,
         parent: None,
         depth: Depth::default(),
@@ -194,6 +250,10 @@ enum Role {
 
 struct Freezer<'a> {
     root: BorrowedFd<'a>,
+    /// Where the walk starts (SOURCE, or an account's root mailbox).
+    base_fd: OwnedFd,
+    /// Account directories not entered (see [`Scope::Tree`]).
+    deferred: &'a HashMap<PathBuf, u32>,
     stalled: &'a [PathBuf],
     /// The control-file memory of all mailboxes created during the capture, together: each
     /// new mailbox must not bring a fresh allowance.
@@ -228,6 +288,14 @@ impl<'a> Freezer<'a> {
             self.builder.mark_unlistable(p.node);
             return Ok(Vec::new());
         }
+        if matches!(p.role, Role::Plain)
+            && let Some(&account) = self.deferred.get(&p.rel)
+        {
+            // Its contents come from the account's own capture; the node is this tree's.
+            self.builder.add_children(p.node, Vec::new());
+            self.builder.defer(p.node, account);
+            return Ok(Vec::new());
+        }
         if p.depth.levels > MAX_DEPTH {
             log::warn!(
                 "not entering {}: more than {MAX_DEPTH} levels below {}; shown empty",
@@ -244,7 +312,7 @@ impl<'a> Freezer<'a> {
         }
         let flags = libc::O_RDONLY | libc::O_DIRECTORY;
         let opened = match (&p.parent, p.rel.file_name()) {
-            _ if p.node == NodeIdx::ROOT => self.root.try_clone_to_owned(),
+            _ if p.node == NodeIdx::ROOT => self.base_fd.try_clone(),
             (Some(parent), Some(name)) => sys::open_beneath(parent.fd.as_fd(), name, flags),
             _ => sys::open_beneath(self.root, p.rel.as_os_str(), flags),
         };

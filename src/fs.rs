@@ -1,9 +1,14 @@
-//! The `fuser::Filesystem` adapter: each callback asks the snapshot or the source and turns the
-//! answer into a reply. No Maildir knowledge lives here.
+//! The `fuser::Filesystem` adapter: each callback asks the view (`view.rs`) and the source and
+//! turns the answer into a reply. No Maildir knowledge lives here.
 //!
-//! The image never changes while mounted, so every TTL is long, listings come with attributes,
-//! and the kernel keeps every page: by default there is no OPEN, RELEASE, OPENDIR or FLUSH
-//! round trip at all (see [`ReadPath`]). Every write-type operation fails with `EROFS`.
+//! An account's snapshot stays the same while it is in the working set, so every TTL is long,
+//! listings come with attributes, and the kernel keeps every page: by default there is no
+//! OPEN, RELEASE, OPENDIR or FLUSH round trip at all (see [`ReadPath`]). A request inside an
+//! account not captured yet is answered by the capture thread once it is captured (the FUSE
+//! thread goes on with other requests). When an account leaves the working set the kernel is
+//! told to forget its names (`inval_entry`) and its root's listing (`inval_inode`); its files'
+//! pages stay, for a message captured again as the same file keeps its node id and
+//! generation. Every write-type operation fails with `EROFS`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -25,9 +30,11 @@ use parking_lot::Mutex;
 
 use crate::snapshot::{Ino, Kind, NodeIdx, Snapshot};
 use crate::source::{self, Opened, Source};
+use crate::view::{At, Evicted, View};
 
-/// How long the kernel may cache entries, attributes and negative lookups: the image is
-/// immutable, so anything long is right; one day keeps the numbers far from any overflow.
+/// How long the kernel may cache entries, attributes and negative lookups: a captured account
+/// does not change until it leaves the working set, and then the kernel is told; one day
+/// keeps the numbers far from any overflow.
 const TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A file handle as given to the kernel (passthrough mode only; 0 means none).
@@ -61,19 +68,23 @@ impl ReadPath {
 /// dozen are plenty; the fd budget keeps room for them (`pin::RESERVE`).
 const FD_CACHE: usize = 64;
 
+/// A file as the kernel knows it: its node id and generation (another capture may serve
+/// another file under the same node id, with another generation).
+type FileKey = (Ino, u64);
+
 /// Backing files registered with the kernel, one per inode while it is open (passthrough).
 #[derive(Debug, Default)]
 struct Backing {
-    /// Open handles: the inode each one is for and its bytes.
-    by_handle: HashMap<Fh, (Ino, Opened)>,
-    /// One backing id per inode, with the number of handles using it.
-    by_ino: HashMap<Ino, (Arc<BackingId>, usize)>,
+    /// Open handles: the file each one is for and its bytes.
+    by_handle: HashMap<Fh, (FileKey, Opened)>,
+    /// One backing id per file, with the number of handles using it.
+    by_ino: HashMap<FileKey, (Arc<BackingId>, usize)>,
 }
 
 /// The mounted filesystem.
 #[derive(Debug)]
 pub struct MaildirFs {
-    snap: Arc<Snapshot>,
+    view: Arc<View>,
     source: Arc<Source>,
     /// Whether passthrough was asked for (`-o passthrough`).
     want_passthrough: bool,
@@ -81,17 +92,20 @@ pub struct MaildirFs {
     read_path: Arc<AtomicU8>,
     /// Passthrough handles and backing ids. Protected by this mutex.
     backing: Mutex<Backing>,
-    /// No-open mode: fds for reads by inode, least recently used dropped first. Protected by
+    /// No-open mode: fds for reads by file, least recently used dropped first. Protected by
     /// this mutex.
-    fds: Mutex<LruCache<Ino, Opened>>,
+    fds: Mutex<LruCache<FileKey, Opened>>,
     /// Handles are never reused while mounted.
     next_fh: AtomicU64,
 }
 
+/// A directory listing to answer: the directory, its parent's node id (for `..`).
+type Listing = (At, Ino);
+
 impl MaildirFs {
-    pub fn new(snap: Arc<Snapshot>, source: Arc<Source>, want_passthrough: bool) -> MaildirFs {
+    pub fn new(view: Arc<View>, source: Arc<Source>, want_passthrough: bool) -> MaildirFs {
         MaildirFs {
-            snap,
+            view,
             source,
             want_passthrough,
             read_path: Arc::new(AtomicU8::new(ReadPath::NoOpen as u8)),
@@ -112,19 +126,58 @@ impl MaildirFs {
         self.read_path.load(Ordering::Relaxed) == ReadPath::Passthrough as u8
     }
 
-    fn node(&self, ino: INodeNo) -> Result<NodeIdx, Errno> {
-        self.snap.resolve(Ino(ino.0)).ok_or(Errno::ENOENT)
+    fn node(&self, ino: INodeNo) -> Result<At, Errno> {
+        self.view.node(Ino(ino.0)).map_err(Errno::from_i32)
     }
 
-    fn lookup_child(&self, parent: INodeNo, name: &OsStr) -> Result<NodeIdx, Errno> {
-        let dir = self.node(parent)?;
-        if !matches!(self.snap.node(dir).kind, Kind::Dir { .. }) {
-            return Err(Errno::ENOTDIR);
+    /// Runs `then` with the directory at `ino` ready to read: at once, or, for an account
+    /// not captured yet, on the capture thread once it is.
+    fn with_dir(&self, ino: INodeNo, then: impl FnOnce(Result<Listing, Errno>) + Send + 'static) {
+        let dir = match self.node(ino) {
+            Ok(d) => d,
+            Err(e) => return then(Err(e)),
+        };
+        if !matches!(dir.snap.node(dir.idx).kind, Kind::Dir { .. }) {
+            return then(Err(Errno::ENOTDIR));
         }
-        if self.snap.is_unlistable(dir) {
-            return Err(Errno::EIO);
+        if dir.snap.is_unlistable(dir.idx) {
+            return then(Err(Errno::EIO));
         }
-        self.snap.lookup(dir, name.as_bytes()).ok_or(Errno::ENOENT)
+        let parent = self.view.parent_ino(&dir);
+        match self.view.deferred(&dir) {
+            None => then(Ok((dir, parent))),
+            Some(account) => self.view.with_account(
+                account,
+                Box::new(move |r| {
+                    then(
+                        r.map(|snap| {
+                            let at = At {
+                                snap,
+                                idx: NodeIdx::ROOT,
+                            };
+                            (at, parent)
+                        })
+                        .map_err(Errno::from_i32),
+                    )
+                }),
+            ),
+        }
+    }
+
+    /// [`MaildirFs::with_dir`] for a READDIR at `offset`: the listing and the position to
+    /// continue at.
+    fn with_listing(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        then: impl FnOnce(Result<(Listing, u64), Errno>) + Send + 'static,
+    ) {
+        self.with_dir(ino, move |r| {
+            then(r.and_then(|l| {
+                let pos = position(&l.0.snap, offset)?;
+                Ok((l, pos))
+            }))
+        });
     }
 
     /// Passthrough open: the file, checked, registered as the inode's backing file (once per
@@ -134,10 +187,10 @@ impl MaildirFs {
         ino: INodeNo,
         reply: &ReplyOpen,
     ) -> Result<(Fh, Option<Arc<BackingId>>), Errno> {
-        let idx = self.node(ino)?;
-        let opened = self.source.open(&self.snap, idx).map_err(|e| e.errno())?;
+        let at = self.node(ino)?;
+        let opened = self.source.open(&at.snap, at.idx).map_err(|e| e.errno())?;
         let fh = Fh(self.next_fh.fetch_add(1, Ordering::Relaxed));
-        let key = Ino(ino.0);
+        let key = (Ino(ino.0), at.snap.generation(at.idx));
         let mut b = self.backing.lock();
         let id = match (&opened, b.by_ino.get_mut(&key)) {
             (Opened::Inline(_), _) => None,
@@ -162,7 +215,7 @@ impl MaildirFs {
     }
 
     /// The bytes to read for a request: the handle's in passthrough mode, else a cached fd.
-    fn opened_for(&self, ino: INodeNo, fh: FileHandle, idx: NodeIdx) -> Result<Opened, Errno> {
+    fn opened_for(&self, fh: FileHandle, at: &At) -> Result<Opened, Errno> {
         if fh.0 != 0 {
             return self
                 .backing
@@ -172,12 +225,12 @@ impl MaildirFs {
                 .map(|(_, o)| o.clone())
                 .ok_or(Errno::EBADF);
         }
-        let key = Ino(ino.0);
+        let key = (at.snap.ino_of(at.idx), at.snap.generation(at.idx));
         if let Some(o) = self.fds.lock().get(&key) {
             return Ok(o.clone());
         }
         // Opened outside the lock: a slow open must not stall other readers.
-        let opened = self.source.open(&self.snap, idx).map_err(|e| e.errno())?;
+        let opened = self.source.open(&at.snap, at.idx).map_err(|e| e.errno())?;
         self.fds.lock().put(key, opened.clone());
         Ok(opened)
     }
@@ -189,55 +242,102 @@ impl MaildirFs {
         offset: u64,
         size: u32,
     ) -> Result<Vec<u8>, Errno> {
-        let idx = self.node(ino)?;
-        let opened = self.opened_for(ino, fh, idx)?;
-        let len = self.snap.node(idx).attr.size;
+        let at = self.node(ino)?;
+        let opened = self.opened_for(fh, &at)?;
+        let len = at.snap.node(at.idx).attr.size;
         let data = source::read_at(&opened, len, offset, size).map_err(|e| {
-            let path = self.source.path().join(self.snap.rel_path(idx));
-            self.source.failed(idx, &path, &e);
+            let path = self.source.path().join(at.snap.rel_path(at.idx));
+            self.source.failed(at.snap.ino_of(at.idx), &path, &e);
             Errno::from(e)
         })?;
+        if offset + data.len() as u64 >= len {
+            at.snap.mark_read(at.idx);
+        }
         self.source.reads.fetch_add(1, Ordering::Relaxed);
         self.source
             .bytes_served
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data)
     }
+}
 
-    /// The directory at `ino`, its parent, and its children's index range.
-    fn dir(&self, ino: INodeNo) -> Result<(NodeIdx, NodeIdx, std::ops::Range<u32>), Errno> {
-        let dir = self.node(ino)?;
-        let Kind::Dir { .. } = self.snap.node(dir).kind else {
-            return Err(Errno::ENOTDIR);
-        };
-        if self.snap.is_unlistable(dir) {
-            return Err(Errno::EIO);
-        }
-        Ok((dir, self.snap.node(dir).parent, self.snap.children(dir)))
-    }
-
-    /// The entry at listing position `pos`: `.`, `..`, then the children in name order.
-    fn entry_at(
-        &self,
-        pos: u64,
-        (dir, parent, children): &(NodeIdx, NodeIdx, std::ops::Range<u32>),
-    ) -> Option<(NodeIdx, &[u8])> {
-        match pos {
-            0 => Some((*dir, b".")),
-            1 => Some((*parent, b"..")),
-            _ => {
-                let c = children.start.checked_add(u32::try_from(pos - 2).ok()?)?;
-                (c < children.end).then(|| (NodeIdx(c), self.snap.name(NodeIdx(c))))
+/// Tells the kernel, from a thread of its own, to forget what it caches of the accounts
+/// that leave the working set. Never from a FUSE thread or a capture thread: the kernel
+/// takes the parent directory's lock for an invalidation, and a request holding it may be
+/// waiting for one of those.
+pub fn notify_evictions(view: &View, notifier: fuser::Notifier) {
+    let (tx, rx) = std::sync::mpsc::channel::<Evicted>();
+    let spawned = std::thread::Builder::new()
+        .name("invalidate".to_owned())
+        .spawn(move || {
+            for e in rx {
+                // ENOENT: the kernel had nothing cached. Any error only leaves the
+                // kernel's entries to their TTL; nothing served changes.
+                let _ = notifier.inval_inode(INodeNo(e.dir.0), 0, 0);
+                let _ = notifier.inval_entry(INodeNo(e.parent.0), OsStr::from_bytes(&e.name));
             }
+        });
+    match spawned {
+        Ok(_) => {
+            let tx = Mutex::new(tx);
+            view.on_evict(Box::new(move |e| {
+                let _ = tx.lock().send(e);
+            }));
+        }
+        Err(e) => log::warn!("cannot start the invalidation thread: {e}"),
+    }
+}
+
+/// A directory offset as given to the kernel: the capture the listing was made in (its
+/// snapshot's epoch), and the position after the entry.
+fn offset_of(snap: &Snapshot, next: u64) -> u64 {
+    (u64::from(snap.epoch) << 32) | next
+}
+
+/// The position an offset from the kernel continues at; `ESTALE` if the listing was begun in
+/// another capture of the account (continuing it would skip or repeat entries).
+fn position(snap: &Snapshot, offset: u64) -> Result<u64, Errno> {
+    if offset == 0 {
+        return Ok(0);
+    }
+    if offset >> 32 != u64::from(snap.epoch) {
+        return Err(Errno::ESTALE);
+    }
+    Ok(offset & 0xffff_ffff)
+}
+
+/// The entry at listing position `pos`: `.`, `..`, then the children in name order; with the
+/// node (`None` for `..`, whose node id is given).
+fn entry_at(dir: &At, parent: Ino, pos: u64) -> Option<(Ino, Option<NodeIdx>, &[u8])> {
+    let snap = &dir.snap;
+    match pos {
+        0 => Some((snap.ino_of(dir.idx), Some(dir.idx), b".")),
+        1 => Some((parent, None, b"..")),
+        _ => {
+            let children = snap.children(dir.idx);
+            let c = children.start.checked_add(u32::try_from(pos - 2).ok()?)?;
+            (c < children.end).then(|| {
+                let c = NodeIdx(c);
+                (snap.ino_of(c), Some(c), snap.name(c))
+            })
         }
     }
 }
 
-fn kind_of(snap: &Snapshot, idx: NodeIdx) -> FileType {
-    match snap.node(idx).kind {
-        Kind::Dir { .. } => FileType::Directory,
-        Kind::File(_) => FileType::RegularFile,
-        Kind::Symlink(_) => FileType::Symlink,
+fn kind_of(snap: &Snapshot, idx: Option<NodeIdx>) -> FileType {
+    match idx.map(|i| snap.node(i).kind) {
+        None | Some(Kind::Dir { .. }) => FileType::Directory,
+        Some(Kind::File(_)) => FileType::RegularFile,
+        Some(Kind::Symlink(_)) => FileType::Symlink,
+    }
+}
+
+/// Answers a lookup of `name` in directory `dir`.
+fn reply_lookup(dir: &At, name: &OsStr, reply: ReplyEntry) {
+    let snap = &dir.snap;
+    match snap.lookup(dir.idx, name.as_bytes()) {
+        Some(c) => reply.entry(&TTL, &snap.file_attr(c), Generation(snap.generation(c))),
+        None => reply.error(Errno::ENOENT),
     }
 }
 
@@ -267,23 +367,26 @@ impl Filesystem for MaildirFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.lookup_child(parent, name) {
-            Ok(idx) => reply.entry(&TTL, &self.snap.file_attr(idx), Generation(0)),
+        let name = name.to_owned();
+        self.with_dir(parent, move |r| match r {
+            Ok((dir, _)) => reply_lookup(&dir, &name, reply),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.node(ino) {
-            Ok(idx) => reply.attr(&TTL, &self.snap.file_attr(idx)),
+            Ok(at) => reply.attr(&TTL, &at.snap.file_attr(at.idx)),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino).map(|idx| self.snap.node(idx).kind) {
-            Ok(Kind::Symlink(i)) => reply.data(self.snap.inline(i)),
-            Ok(_) => reply.error(Errno::EINVAL),
+        match self.node(ino) {
+            Ok(at) => match at.snap.node(at.idx).kind {
+                Kind::Symlink(i) => reply.data(at.snap.inline(i)),
+                _ => reply.error(Errno::EINVAL),
+            },
             Err(e) => reply.error(e),
         }
     }
@@ -348,13 +451,13 @@ impl Filesystem for MaildirFs {
         reply: ReplyEmpty,
     ) {
         let mut b = self.backing.lock();
-        if let Some((ino, _)) = b.by_handle.remove(&Fh(fh.0))
-            && let Some((_, users)) = b.by_ino.get_mut(&ino)
+        if let Some((key, _)) = b.by_handle.remove(&Fh(fh.0))
+            && let Some((_, users)) = b.by_ino.get_mut(&key)
         {
             *users -= 1;
             if *users == 0 {
                 // The last handle: the kernel no longer needs the backing id.
-                b.by_ino.remove(&ino);
+                b.by_ino.remove(&key);
             }
         }
         reply.ok();
@@ -374,24 +477,21 @@ impl Filesystem for MaildirFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let dir = match self.dir(ino) {
-            Ok(d) => d,
-            Err(e) => return reply.error(e),
-        };
-        let mut pos = offset;
-        while let Some((idx, name)) = self.entry_at(pos, &dir) {
-            let ino = INodeNo(self.snap.ino_of(idx).0);
-            if reply.add(
-                ino,
-                pos + 1,
-                kind_of(&self.snap, idx),
-                OsStr::from_bytes(name),
-            ) {
-                break;
+        self.with_listing(ino, offset, move |r| {
+            let ((dir, parent), mut pos) = match r {
+                Ok(l) => l,
+                Err(e) => return reply.error(e),
+            };
+            while let Some((ino, idx, name)) = entry_at(&dir, parent, pos) {
+                let kind = kind_of(&dir.snap, idx);
+                let next = offset_of(&dir.snap, pos + 1);
+                if reply.add(INodeNo(ino.0), next, kind, OsStr::from_bytes(name)) {
+                    break;
+                }
+                pos += 1;
             }
-            pos += 1;
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn readdirplus(
@@ -402,20 +502,36 @@ impl Filesystem for MaildirFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let dir = match self.dir(ino) {
-            Ok(d) => d,
-            Err(e) => return reply.error(e),
-        };
-        let mut pos = offset;
-        while let Some((idx, name)) = self.entry_at(pos, &dir) {
-            let attr = self.snap.file_attr(idx);
-            let name = OsStr::from_bytes(name);
-            if reply.add(attr.ino, pos + 1, name, &TTL, &attr, Generation(0)) {
-                break;
+        let view = Arc::clone(&self.view);
+        self.with_listing(ino, offset, move |r| {
+            let ((dir, parent), mut pos) = match r {
+                Ok(l) => l,
+                Err(e) => return reply.error(e),
+            };
+            while let Some((ino, idx, name)) = entry_at(&dir, parent, pos) {
+                // `..` of an account's root lies in the skeleton.
+                let at = match idx {
+                    Some(idx) => Some(At {
+                        snap: Arc::clone(&dir.snap),
+                        idx,
+                    }),
+                    None => view.node(ino).ok(),
+                };
+                let Some(at) = at else {
+                    pos += 1;
+                    continue;
+                };
+                let attr = at.snap.file_attr(at.idx);
+                let generation = Generation(at.snap.generation(at.idx));
+                let next = offset_of(&dir.snap, pos + 1);
+                let name = OsStr::from_bytes(name);
+                if reply.add(attr.ino, next, name, &TTL, &attr, generation) {
+                    break;
+                }
+                pos += 1;
             }
-            pos += 1;
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn releasedir(
@@ -430,9 +546,9 @@ impl Filesystem for MaildirFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let t = &self.snap.totals;
-        let blocks = t.bytes.div_ceil(4096);
-        reply.statfs(blocks, 0, 0, self.snap.len() as u64, 0, 4096, 255, 4096);
+        let blocks = self.view.bytes().div_ceil(4096);
+        let files = self.view.entries() as u64;
+        reply.statfs(blocks, 0, 0, files, 0, 4096, 255, 4096);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -610,5 +726,30 @@ impl Filesystem for MaildirFs {
         reply: ReplyWrite,
     ) {
         reply.error(Errno::EROFS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Attr, Builder, Stamp, Totals};
+
+    fn snap(epoch: u32) -> Snapshot {
+        let t = Stamp::default();
+        let root = Attr::new(Ino(50), 0, t, t, t, 0o755, 0, 0);
+        Builder::for_account(std::path::PathBuf::from("a"), root, 0, 1, 0, epoch)
+            .finish(Totals::default())
+    }
+
+    #[test]
+    fn a_listing_continues_only_in_the_capture_it_began_in() {
+        let (first, again) = (snap(1), snap(2));
+        let off = offset_of(&first, 7);
+        assert_eq!(position(&first, off), Ok(7));
+        assert_eq!(position(&again, off), Err(Errno::ESTALE));
+        // Offset 0 starts a listing in any capture.
+        assert_eq!(position(&again, 0), Ok(0));
+        // The account's root is served under its own node id.
+        assert_eq!(first.ino_of(NodeIdx::ROOT), Ino(50));
     }
 }

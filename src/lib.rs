@@ -17,6 +17,8 @@
 //! - `freeze.rs`: builds the snapshot after the locks are gone.
 //! - `snapshot.rs`: the immutable image (no I/O).
 //! - `pin.rs`: the `O_PATH` pin budget that keeps captured inodes alive.
+//! - `view.rs`: the served view: the skeleton, and the working set of accounts captured on
+//!   demand, evicted least recently used first.
 //! - `source.rs`: opening captured files (pinned, or in SOURCE), re-finding renamed messages.
 //! - `fs.rs`: the thin `fuser::Filesystem` adapter.
 //! - `mount.rs`, `daemon.rs`, `umount.rs`, `runtime.rs`: the commands, detaching, state files.
@@ -46,6 +48,7 @@ pub mod status;
 pub mod sys;
 pub mod umount;
 pub mod verify;
+pub mod view;
 pub mod watch;
 
 #[cfg(test)]

@@ -27,10 +27,16 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Umount { mountpoint } => maildirfs::umount::umount(&mountpoint).map(|fin| {
-            if let Some(f) = fin {
+            if let Some(f) = &fin.line {
                 eprintln!("maildirfs: {f}");
             }
-            ExitCode::SUCCESS
+            // Unmounted either way; an account the view could not serve is a failure of the
+            // backup that read it.
+            if fin.failed_accounts > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }),
         Cmd::Status { mountpoint, json } => {
             maildirfs::status::status(mountpoint.as_deref()).map(|views| {

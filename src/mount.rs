@@ -1,6 +1,7 @@
 //! `maildirfs mount`: the whole flow, discover -> lock -> capture -> freeze -> serve, plus the
 //! checks that run before it and the summary after it.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,13 +15,15 @@ use crate::error::{Error, Result, escape_path};
 use crate::freeze::{self, FreezeReport};
 use crate::fs::{MaildirFs, ReadPath};
 use crate::maildir;
+use crate::options::CaptureMode;
 use crate::options::MountOptions;
 use crate::pin::PinBudget;
 use crate::report::{AccountHold, Live, MountReport};
 use crate::runtime::{self, StateFile};
-use crate::snapshot::Snapshot;
+use crate::snapshot::Totals;
 use crate::source::Source;
 use crate::sys;
+use crate::view::{AccountId, AccountImage, Capturer, Limits, View};
 use crate::watch::{Heartbeat, Watch};
 
 /// SOURCE and MOUNTPOINT after the checks: SOURCE open once (every later access is relative
@@ -112,12 +115,21 @@ pub fn run(opts: &MountOptions) -> Result<Option<String>> {
 pub struct Captured {
     /// When the capture started (UTC, ISO 8601).
     pub started_at: String,
-    pub snapshot: Snapshot,
+    /// The view to serve: the skeleton and the accounts captured at mount.
+    pub view: Arc<View>,
+    /// What freeze noticed in the skeleton and the accounts captured at mount.
     pub report: FreezeReport,
+    /// The accounts captured at mount.
     pub accounts: Vec<AccountSummary>,
+    /// Counts of what was captured at mount (accounts: all the view holds).
+    pub totals: Totals,
+    /// Accounts left to be captured when first read.
+    pub on_demand: usize,
     pub elapsed: Duration,
     /// The soft `RLIMIT_NOFILE` the pins had to fit in.
     pub fd_limit: u64,
+    /// How many files the working set may keep pinned.
+    pub working_set: usize,
     /// Whether --include/--exclude chose the accounts.
     pub selected: bool,
 }
@@ -126,7 +138,7 @@ impl Captured {
     /// The status report of this capture mounted as `checked`, before any serving.
     /// (`reads` and `summary` are filled in once the kernel has connected.)
     pub fn report_for(&self, checked: &Checked) -> MountReport {
-        let t = &self.snapshot.totals;
+        let t = &self.totals;
         let longest = self.accounts.iter().max_by_key(|a| a.lock_hold);
         MountReport {
             pid: sys::getpid() as u32,
@@ -196,6 +208,18 @@ pub struct AccountSummary {
     pub messages: usize,
 }
 
+impl AccountSummary {
+    fn of(c: &AccountCapture) -> AccountSummary {
+        AccountSummary {
+            root: c.root.clone(),
+            unlocked: c.unlocked.clone(),
+            lock_hold: c.lock_hold,
+            pin_time: c.pin_time,
+            messages: c.messages(),
+        }
+    }
+}
+
 /// Discover, lock, capture and freeze SOURCE, without FUSE.
 pub fn capture_tree(root: &OwnedFd, source: &Path, opts: &MountOptions) -> Result<Captured> {
     capture_tree_with(root, source, opts, &Arc::new(capture::Progress::default()))
@@ -210,7 +234,14 @@ pub fn capture_tree_with(
 ) -> Result<Captured> {
     let started = Instant::now();
     let started_at = crate::logging::utc_now();
-    let found = maildir::discover(root.as_fd(), source, opts.exclude_indexes, &opts.selection)?;
+    let on_demand = opts.capture == CaptureMode::OnDemand;
+    let found = maildir::discover(
+        root.as_fd(),
+        source,
+        opts.exclude_indexes,
+        &opts.selection,
+        on_demand,
+    )?;
     if found.accounts.is_empty() {
         let why = if opts.selection.is_all() {
             "holds no Maildir (no directory with cur/ and new/)"
@@ -233,48 +264,302 @@ pub fn capture_tree_with(
              it cannot check our pid and may override our locks; use --lock-host NAME"
         );
     }
-    let budget = Arc::new(PinBudget::from_rlimit());
+    let budget = Arc::new(PinBudget::for_working_set(opts.working_set));
+    let working_set = budget.left();
+    let all = found.accounts;
+    // On demand: the accounts that fit, in discovery order, each found whole now (its
+    // folders) and estimated before any lock; the first that does not fit ends the list.
+    let mut now = Vec::new();
+    if on_demand {
+        let mut room = working_set;
+        for (id, a) in all.iter().enumerate() {
+            let Some(whole) = maildir::discover_account(
+                root.as_fd(),
+                source,
+                &a.root,
+                opts.exclude_indexes,
+                &opts.selection,
+            )?
+            else {
+                continue;
+            };
+            let need = capture::likely_messages(root.as_fd(), &whole);
+            // The first account is captured at mount however large: the working set always
+            // holds one, and it gets the pins there are.
+            if need > room && !now.is_empty() {
+                break;
+            }
+            room = room.saturating_sub(need);
+            now.push((id as AccountId, whole));
+        }
+    } else {
+        now = all
+            .iter()
+            .enumerate()
+            .map(|(id, a)| (id as AccountId, a.clone()))
+            .collect();
+    }
     progress
         .accounts_total
-        .store(found.accounts.len(), std::sync::atomic::Ordering::Relaxed);
+        .store(now.len(), std::sync::atomic::Ordering::Relaxed);
     let work = Work {
         source: source.to_path_buf(),
-        accounts: found.accounts,
-        policy,
+        accounts: now.iter().map(|(_, a)| a.clone()).collect(),
+        policy: policy.clone(),
         budget: Arc::clone(&budget),
         progress: Arc::clone(progress),
         stall_timeout: opts.stall_timeout,
     };
     let (captures, stalled) = capture_accounts(root, work)?;
-    let accounts = captures
-        .iter()
-        .map(|c| AccountSummary {
-            root: c.root.clone(),
-            unlocked: c.unlocked.clone(),
-            lock_hold: c.lock_hold,
-            pin_time: c.pin_time,
-            messages: c.messages(),
-        })
-        .collect();
-    let (snapshot, report) = freeze::freeze(
-        root.as_fd(),
-        source,
-        captures,
-        &stalled,
-        opts.exclude_indexes,
-        &opts.selection,
-        &budget,
-    )?;
+    let accounts: Vec<AccountSummary> = captures.iter().map(AccountSummary::of).collect();
+    let roots: Vec<PathBuf> = all.iter().map(|a| a.root.clone()).collect();
+    let (view, report, totals) = if on_demand {
+        let deferred: HashMap<PathBuf, u32> = roots
+            .iter()
+            .enumerate()
+            .map(|(id, r)| (r.clone(), id as u32))
+            .collect();
+        let (skeleton, mut report) = freeze::freeze(
+            root.as_fd(),
+            source,
+            freeze::Scope::Tree {
+                deferred: &deferred,
+            },
+            Vec::new(),
+            &[],
+            opts.exclude_indexes,
+            &opts.selection,
+            &budget,
+        )?;
+        let mut totals = skeleton.totals.clone();
+        let mut ready = Vec::new();
+        for c in captures {
+            let id = deferred.get(&c.root).copied().unwrap_or(0);
+            let (image, r) = freeze_account(root.as_fd(), source, opts, &budget, id, 1, c)?;
+            add_totals(&mut totals, &image.snapshot.totals);
+            report.merge(r);
+            ready.push((id, image));
+        }
+        report.stalled = stalled.clone();
+        let failed: Vec<AccountId> = stalled
+            .iter()
+            .filter_map(|r| deferred.get(r).copied())
+            .collect();
+        let capturer = Arc::new(OnDemand {
+            root: root
+                .try_clone()
+                .map_err(|e| Error::io("cannot open source", source, e))?,
+            source: source.to_path_buf(),
+            policy,
+            budget: Arc::clone(&budget),
+            stall_timeout: opts.stall_timeout,
+            exclude_indexes: opts.exclude_indexes,
+            selection: opts.selection.clone(),
+        });
+        let limits = Limits {
+            entries: working_set.saturating_mul(ENTRIES_PER_PIN).max(MIN_ENTRIES),
+            min_idle: min_idle(),
+            evict: true,
+        };
+        let view = View::new(
+            skeleton,
+            roots,
+            ready,
+            failed,
+            capturer,
+            Arc::clone(&budget),
+            limits,
+        );
+        (view, report, totals)
+    } else {
+        let (snapshot, report) = freeze::freeze(
+            root.as_fd(),
+            source,
+            freeze::Scope::Tree {
+                deferred: &HashMap::new(),
+            },
+            captures,
+            &stalled,
+            opts.exclude_indexes,
+            &opts.selection,
+            &budget,
+        )?;
+        let totals = snapshot.totals.clone();
+        (View::whole(snapshot), report, totals)
+    };
     sys::trim_heap();
+    let on_demand_left = if on_demand {
+        all.len() - accounts.len() - report.stalled.len()
+    } else {
+        0
+    };
     Ok(Captured {
         started_at,
-        snapshot,
+        view,
         report,
         accounts,
+        totals: Totals {
+            accounts: all.len(),
+            ..totals
+        },
+        on_demand: on_demand_left,
         elapsed: started.elapsed(),
         fd_limit: budget.limit,
+        working_set,
         selected: !opts.selection.is_all(),
     })
+}
+
+/// The working set's memory bound, in entries per pin of its budget: an account's entries
+/// are mostly its messages (one pin each), plus its directories and index files.
+const ENTRIES_PER_PIN: usize = 4;
+
+/// The working set may always hold this many entries, however small the pin budget.
+const MIN_ENTRIES: usize = 65_536;
+
+/// How long an account used is kept from eviction (test override:
+/// `MAILDIRFS_TEST_MIN_IDLE_MS`).
+fn min_idle() -> Duration {
+    std::env::var("MAILDIRFS_TEST_MIN_IDLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(MIN_IDLE)
+}
+
+/// See [`Limits::min_idle`]: longer than any pause of a backup tool between two reads in one
+/// directory.
+const MIN_IDLE: Duration = Duration::from_secs(5);
+
+fn add_totals(to: &mut Totals, t: &Totals) {
+    to.mailboxes += t.mailboxes;
+    to.messages += t.messages;
+    to.bytes += t.bytes;
+    to.pinned += t.pinned;
+    to.unpinned += t.unpinned;
+}
+
+/// Freezes one captured account as its own snapshot (capture number `epoch`).
+fn freeze_account(
+    root: std::os::fd::BorrowedFd<'_>,
+    source: &Path,
+    opts: &MountOptions,
+    budget: &Arc<PinBudget>,
+    id: AccountId,
+    epoch: u32,
+    c: AccountCapture,
+) -> Result<(AccountImage, FreezeReport)> {
+    let unlocked = c.unlocked.clone();
+    let lock_hold = c.lock_hold;
+    let base = c.root.clone();
+    let (snapshot, report) = freeze::freeze(
+        root,
+        source,
+        freeze::Scope::Account {
+            base: &base,
+            account: id,
+            epoch,
+        },
+        vec![c],
+        &[],
+        opts.exclude_indexes,
+        &opts.selection,
+        budget,
+    )?;
+    let image = AccountImage {
+        snapshot,
+        unlocked,
+        lock_hold,
+        unreadable: report.unreadable.len(),
+    };
+    Ok((image, report))
+}
+
+/// Captures accounts when the view first needs them: the same discovery, locks, capture
+/// and freeze as at mount, one account at a time.
+struct OnDemand {
+    root: OwnedFd,
+    source: PathBuf,
+    policy: LockPolicy,
+    budget: Arc<PinBudget>,
+    stall_timeout: Duration,
+    exclude_indexes: bool,
+    selection: crate::select::Selection,
+}
+
+impl OnDemand {
+    fn whole(&self, rel: &Path) -> Result<maildir::Account> {
+        maildir::discover_account(
+            self.root.as_fd(),
+            &self.source,
+            rel,
+            self.exclude_indexes,
+            &self.selection,
+        )?
+        .ok_or_else(|| {
+            Error::msg(
+                "cannot capture account",
+                self.source.join(rel),
+                "no longer a Maildir (no cur/ and new/)",
+            )
+        })
+    }
+}
+
+impl Capturer for OnDemand {
+    fn estimate(&self, rel: &Path) -> usize {
+        match self.whole(rel) {
+            Ok(a) => capture::likely_messages(self.root.as_fd(), &a),
+            Err(_) => 0,
+        }
+    }
+
+    fn capture(&self, id: AccountId, rel: &Path, epoch: u32) -> Result<AccountImage> {
+        let started = Instant::now();
+        let account = self.whole(rel)?;
+        let work = Work {
+            source: self.source.clone(),
+            accounts: vec![account],
+            policy: self.policy.clone(),
+            budget: Arc::clone(&self.budget),
+            progress: Arc::new(capture::Progress::default()),
+            stall_timeout: self.stall_timeout,
+        };
+        let (mut captures, stalled) = capture_accounts(&self.root, work)?;
+        let Some(c) = captures.pop().filter(|_| stalled.is_empty()) else {
+            return Err(Error::msg(
+                "capture stalled",
+                self.source.join(rel),
+                "its locks were released",
+            ));
+        };
+        let messages = c.messages();
+        let mut opts = MountOptions::new(self.source.clone(), PathBuf::new());
+        opts.exclude_indexes = self.exclude_indexes;
+        opts.selection = self.selection.clone();
+        let (image, _) = freeze_account(
+            self.root.as_fd(),
+            &self.source,
+            &opts,
+            &self.budget,
+            id,
+            epoch,
+            c,
+        )?;
+        log::info!(
+            "captured {} ({}capture {epoch}): {messages} messages, {} pinned, lock hold {} us{}, in {:.3} s",
+            escape_path(&self.source.join(rel)),
+            if epoch > 1 { "again, " } else { "" },
+            image.snapshot.totals.pinned,
+            image.lock_hold.as_micros(),
+            match &image.unlocked {
+                Some(why) => format!(", WITHOUT its locks ({why})"),
+                None => String::new(),
+            },
+            started.elapsed().as_secs_f64()
+        );
+        Ok(image)
+    }
 }
 
 /// What the capture workers share: the accounts to capture and how.
@@ -638,9 +923,10 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     drop(sink);
     let summary = summary_line(&checked, &captured);
     let mut report = captured.report_for(&checked);
-    let snap = Arc::new(captured.snapshot);
+    let view = Arc::clone(&captured.view);
+    drop(captured);
     let source = Arc::new(Source::new(checked.source_fd, checked.source.clone()));
-    let fs = MaildirFs::new(Arc::clone(&snap), Arc::clone(&source), opts.passthrough);
+    let fs = MaildirFs::new(Arc::clone(&view), Arc::clone(&source), opts.passthrough);
     let read_path = fs.read_path();
 
     let mut config = fuser::Config::default();
@@ -678,6 +964,7 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
         .map_err(|e| Error::io("cannot mount", &checked.mountpoint, e))?;
     *stopper = Some(session.unmount_callable());
     drop(stopper);
+    crate::fs::notify_evictions(&view, session.notifier());
     // The kernel has connected (init ran): say how reads are served.
     let summary = match ReadPath::from_u8(read_path.load(std::sync::atomic::Ordering::Relaxed)) {
         ReadPath::Passthrough => {
@@ -722,13 +1009,17 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let updater = {
         let (state, source, mut report) = (Arc::clone(&state), Arc::clone(&source), report.clone());
+        let view = Arc::clone(&view);
         std::thread::Builder::new()
             .name("status".to_owned())
             .spawn(move || {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(STATUS_INTERVAL)
                 {
-                    let live = source.live();
+                    let live = Live {
+                        view: view.counts(),
+                        ..source.live()
+                    };
                     if live != report.live {
                         report.live = live;
                         if let Some(s) = state.lock().as_mut() {
@@ -746,14 +1037,11 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     }
     drop(stop);
     let _ = updater.join();
-    report.live = source.live();
-    let final_line = format!(
-        "unmounted {}: {} files renamed in the source were served from their new names, {} vanished, {} failed to read",
-        escape_path(&checked.mountpoint),
-        report.live.refound,
-        report.live.vanished,
-        report.live.read_errors,
-    );
+    report.live = Live {
+        view: view.counts(),
+        ..source.live()
+    };
+    let final_line = unmount_line(&checked.mountpoint, &report.live);
     crate::logging::notice(&final_line);
     if let Some(mut s) = state.lock().take() {
         let mut fields = report.to_fields();
@@ -762,6 +1050,34 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
         s.remove();
     }
     result.map_err(|e| Error::io("serving failed", &checked.mountpoint, e))
+}
+
+/// The line the server ends with: what was captured and served, and what was not.
+fn unmount_line(mountpoint: &Path, live: &Live) -> String {
+    let v = &live.view;
+    let mut line = format!("unmounted {}: ", escape_path(mountpoint));
+    if v.accounts > 0 {
+        line.push_str(&format!(
+            "{} of {} accounts captured ({} more than once, at different instants; {} left the \
+             working set), {} never captured",
+            v.captured, v.accounts, v.recaptured, v.evictions, v.never
+        ));
+        if v.unlocked > 0 {
+            line.push_str(&format!(", {} captures WITHOUT locks", v.unlocked));
+        }
+        if v.failed > 0 {
+            line.push_str(&format!(
+                ", {} accounts UNREADABLE (capture failed)",
+                v.failed
+            ));
+        }
+        line.push_str("; ");
+    }
+    line.push_str(&format!(
+        "{} files renamed in the source were served from their new names, {} vanished, {} failed to read",
+        live.refound, live.vanished, live.read_errors,
+    ));
+    line
 }
 
 /// How long a stop signal waits for the capture to stop by itself before it ends the process
@@ -810,7 +1126,7 @@ fn fsname(source: &Path) -> String {
 
 /// The one-line mount summary.
 pub fn summary_line(checked: &Checked, c: &Captured) -> String {
-    let t = &c.snapshot.totals;
+    let t = &c.totals;
     let longest = c.accounts.iter().max_by_key(|a| a.lock_hold);
     let hold = match longest {
         Some(a) if !a.lock_hold.is_zero() => format!(
@@ -848,6 +1164,15 @@ pub fn summary_line(checked: &Checked, c: &Captured) -> String {
         human_bytes(t.bytes),
         c.elapsed.as_secs_f64(),
     );
+    if c.on_demand > 0 {
+        line.push_str(&format!(
+            "; {} of {} accounts captured at mount, {} left to capture when first read (working set {} files)",
+            c.accounts.len(),
+            t.accounts,
+            c.on_demand,
+            c.working_set
+        ));
+    }
     if t.unpinned == 0 {
         line.push_str(&format!("; all {} files pinned", t.pinned));
     } else {

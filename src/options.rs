@@ -36,6 +36,34 @@ pub struct MountOptions {
     pub summary_json: Option<PathBuf>,
     /// `--progress`/-q: show a live capture line on a terminal.
     pub progress: bool,
+    /// `--capture`: when accounts are captured.
+    pub capture: CaptureMode,
+    /// `--working-set FILES`: how many files the captured accounts may hold pinned together
+    /// (default: from the fd limit and the machine's memory; see `pin.rs`).
+    pub working_set: Option<usize>,
+}
+
+/// When accounts are captured (`--capture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaptureMode {
+    /// At mount while the working set has room, the others when first read; an account
+    /// leaves the working set (least recently used first) to make room.
+    #[default]
+    OnDemand,
+    /// Every account at mount, one instant for the whole store, never let go: pins as far as
+    /// the fd limit allows, re-resolution for the rest.
+    AtMount,
+}
+
+impl std::str::FromStr for CaptureMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CaptureMode, String> {
+        match s {
+            "on-demand" => Ok(CaptureMode::OnDemand),
+            "at-mount" => Ok(CaptureMode::AtMount),
+            _ => Err(format!("{s}: not on-demand or at-mount")),
+        }
+    }
 }
 
 impl MountOptions {
@@ -57,6 +85,8 @@ impl MountOptions {
             selection: crate::select::Selection::default(),
             summary_json: None,
             progress: true,
+            capture: CaptureMode::OnDemand,
+            working_set: None,
         }
     }
 
@@ -103,6 +133,15 @@ impl MountOptions {
                         format!("option stall_timeout={v}: not a whole number of seconds above 0")
                     })?;
                     self.stall_timeout = Duration::from_secs(secs);
+                }
+                ("capture", Some(v)) => {
+                    self.capture = v.parse().map_err(|e| format!("option capture={e}"))?
+                }
+                ("working_set", Some(v)) => {
+                    let n: usize = v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                        format!("option working_set={v}: not a whole number of files above 0")
+                    })?;
+                    self.working_set = Some(n);
                 }
                 ("log_file", Some(v)) if !v.is_empty() => self.log_file = Some(PathBuf::from(v)),
                 ("lock_host", Some(v)) => self.lock_host = Some(valid_lock_host(v)?),

@@ -75,6 +75,8 @@ pub struct Live {
     pub bytes_served: u64,
     /// READ requests answered.
     pub reads: u64,
+    /// The working set: accounts captured, again, never, evicted, failed.
+    pub view: crate::view::Counts,
 }
 
 impl MountReport {
@@ -128,6 +130,17 @@ impl MountReport {
             ("refound", self.live.refound.to_string()),
             ("bytes_served", self.live.bytes_served.to_string()),
             ("read_requests", self.live.reads.to_string()),
+            ("accounts_captured", self.live.view.captured.to_string()),
+            (
+                "accounts_captured_again",
+                self.live.view.recaptured.to_string(),
+            ),
+            ("accounts_never_captured", self.live.view.never.to_string()),
+            ("accounts_in_working_set", self.live.view.held.to_string()),
+            ("evictions", self.live.view.evictions.to_string()),
+            ("accounts_failed", self.live.view.failed.to_string()),
+            ("captures_without_lock", self.live.view.unlocked.to_string()),
+            ("view_accounts", self.live.view.accounts.to_string()),
         ];
         for (account, why) in &self.unlocked {
             f.push(("unlocked", format!("{account}\t{why}")));
@@ -170,6 +183,14 @@ impl MountReport {
                 "refound" => r.live.refound = n(),
                 "bytes_served" => r.live.bytes_served = n(),
                 "read_requests" => r.live.reads = n(),
+                "accounts_captured" => r.live.view.captured = n(),
+                "accounts_captured_again" => r.live.view.recaptured = n(),
+                "accounts_never_captured" => r.live.view.never = n(),
+                "accounts_in_working_set" => r.live.view.held = n(),
+                "evictions" => r.live.view.evictions = n(),
+                "accounts_failed" => r.live.view.failed = n(),
+                "captures_without_lock" => r.live.view.unlocked = n(),
+                "view_accounts" => r.live.view.accounts = n(),
                 "unlocked" => {
                     let (a, w) = v.split_once('\t').unwrap_or((v.as_str(), ""));
                     r.unlocked.push((a.to_owned(), w.to_owned()));
@@ -252,6 +273,13 @@ impl MountReport {
             ("renamed_files_refound", self.live.refound.into()),
             ("bytes_served", self.live.bytes_served.into()),
             ("read_requests", self.live.reads.into()),
+            ("accounts_captured", self.live.view.captured.into()),
+            ("accounts_captured_again", self.live.view.recaptured.into()),
+            ("accounts_never_captured", self.live.view.never.into()),
+            ("accounts_in_working_set", self.live.view.held.into()),
+            ("evictions", self.live.view.evictions.into()),
+            ("accounts_failed", self.live.view.failed.into()),
+            ("captures_without_lock", self.live.view.unlocked.into()),
             ("summary", self.summary.as_str().into()),
         ])
     }
@@ -309,6 +337,20 @@ impl MountReport {
         ];
         for (n, what) in problems.iter().filter(|(n, _)| *n > 0) {
             s.push_str(&format!("  {n} {what}\n"));
+        }
+        let v = &self.live.view;
+        if v.accounts > 0 {
+            s.push_str(&format!(
+                "  working set: {} of {} accounts captured ({} more than once), {} held now, {} evictions, {} never captured{}{}\n",
+                v.captured,
+                v.accounts,
+                v.recaptured,
+                v.held,
+                v.evictions,
+                v.never,
+                if v.unlocked > 0 { format!(", {} captures WITHOUT locks", v.unlocked) } else { String::new() },
+                if v.failed > 0 { format!(", {} accounts UNREADABLE", v.failed) } else { String::new() },
+            ));
         }
         s.push_str(&format!(
             "  served so far: {} read from the source in {} reads; {} vanished, {} read errors, {} renamed files refound\n",

@@ -18,6 +18,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// Position of a node in the snapshot.
@@ -29,7 +30,7 @@ impl NodeIdx {
 }
 
 /// A FUSE node id / `st_ino` as served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Ino(pub u64);
 
 impl Ino {
@@ -201,6 +202,27 @@ pub struct Snapshot {
     /// hung. An error, not an empty directory, so that a backup tool reports it and a mirror
     /// (`rsync --delete`) deletes nothing of that account's earlier copy.
     unlistable: Vec<NodeIdx>,
+    /// Account directories whose contents are another snapshot's (captured on demand), sorted
+    /// by node, with the account's number: the node itself (its attributes) is this one's.
+    deferred: Vec<(NodeIdx, u32)>,
+    /// The first synthetic node id of this snapshot (see [`Builder::for_account`]).
+    synthetic: u64,
+    /// Where this snapshot's root lies, relative to SOURCE: empty for the tree, the account's
+    /// root mailbox for an account captured on its own.
+    base: PathBuf,
+    /// The node id of the root: `Ino::ROOT` for the tree, the account directory's own for an
+    /// account's snapshot.
+    root_ino: Ino,
+    /// Which capture of its account this is (1 for the first); part of every directory
+    /// offset handed to the kernel, so that a listing continued across two captures fails
+    /// rather than skip or repeat entries.
+    pub epoch: u32,
+    /// One bit per node: its file has been read to its end (see [`Snapshot::mark_read`]).
+    read_to_end: Vec<AtomicU64>,
+    /// Regular files with bytes to read, and how many of them have been read to their end:
+    /// an account whose files have all been read is the first to leave the working set.
+    files: usize,
+    files_read: AtomicUsize,
 }
 
 impl Snapshot {
@@ -233,15 +255,70 @@ impl Snapshot {
     /// The node id a node is served under.
     pub fn ino_of(&self, idx: NodeIdx) -> Ino {
         if idx == NodeIdx::ROOT {
-            Ino::ROOT
+            self.root_ino
         } else {
             self.node(idx).attr.ino
         }
     }
 
+    /// The generation a node is served with: the same file (same inode, size and mtime) keeps
+    /// its generation across captures, so the kernel keeps its cached pages; another file
+    /// under a reused inode number gets another, so the kernel drops the old inode and never
+    /// serves its pages as this file's. Directories keep 0: their listing is invalidated when
+    /// their account leaves the working set.
+    pub fn generation(&self, idx: NodeIdx) -> u64 {
+        let n = self.node(idx);
+        if matches!(n.kind, Kind::Dir { .. }) {
+            return 0;
+        }
+        let m = n.attr.mtime();
+        // FNV-1a over size and mtime: cheap, stable across runs (a restarted mount gives the
+        // same generations), and never 0, which directories use.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in n
+            .attr
+            .size
+            .to_le_bytes()
+            .into_iter()
+            .chain(m.sec.to_le_bytes())
+            .chain(m.nsec.to_le_bytes())
+        {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h | 1
+    }
+
+    /// The account whose capture holds the contents of directory `idx`, if it is deferred.
+    pub fn deferred(&self, idx: NodeIdx) -> Option<u32> {
+        let i = self.deferred.binary_search_by_key(&idx, |d| d.0).ok()?;
+        Some(self.deferred[i].1)
+    }
+
+    /// Notes that a reader has had file `idx` (and every link to it) up to its end.
+    pub fn mark_read(&self, idx: NodeIdx) {
+        for l in self.links(self.ino_of(idx)) {
+            let (word, bit) = (l.0 as usize / 64, 1u64 << (l.0 % 64));
+            if let Some(w) = self.read_to_end.get(word)
+                && w.fetch_or(bit, Ordering::Relaxed) & bit == 0
+            {
+                self.files_read.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether every file with bytes has been read to its end.
+    pub fn all_read(&self) -> bool {
+        self.files_read.load(Ordering::Relaxed) >= self.files
+    }
+
+    /// Every node id of the snapshot but the root's, in order (hard links repeat).
+    pub fn inos(&self) -> &[Ino] {
+        &self.ino_keys
+    }
+
     /// The node a FUSE node id names (for hard links, the first path).
     pub fn resolve(&self, ino: Ino) -> Option<NodeIdx> {
-        if ino == Ino::ROOT {
+        if ino == self.root_ino {
             return Some(NodeIdx::ROOT);
         }
         let i = self.ino_keys.partition_point(|k| *k < ino);
@@ -339,7 +416,7 @@ impl Snapshot {
             parts.push(self.name(cur));
             cur = self.node(cur).parent;
         }
-        let mut p = PathBuf::new();
+        let mut p = self.base.clone();
         for part in parts.iter().rev() {
             p.push(OsStr::from_bytes(part));
         }
@@ -352,6 +429,12 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Builder {
     snap: Snapshot,
+}
+
+/// Synthetic node ids of the snapshot of account `n` start here: each snapshot has its own
+/// range, so that two captures never serve one synthetic id for two nodes.
+fn synthetic_base(account: u32) -> u64 {
+    SYNTHETIC_INO + ((u64::from(account) + 1) << 32)
 }
 
 /// A node before it is placed: what `Builder::add_children` takes.
@@ -383,6 +466,8 @@ impl Builder {
     /// process's peak memory).
     pub fn new(root: Attr, source_dev: u64, entries: usize) -> Builder {
         let mut b = Builder::default();
+        b.snap.root_ino = Ino::ROOT;
+        b.snap.synthetic = SYNTHETIC_INO;
         b.snap.nodes.reserve(entries);
         b.snap.pins.reserve(entries);
         b.snap.names.reserve(entries * 40);
@@ -424,7 +509,7 @@ impl Builder {
             };
             let mut attr = c.attr;
             if attr.ino.0 <= Ino::ROOT.0 || attr.ino.0 >= SYNTHETIC_INO {
-                attr.ino = Ino(SYNTHETIC_INO + u64::from(idx.0));
+                attr.ino = Ino(self.snap.synthetic + u64::from(idx.0));
             }
             self.snap.pins.push(c.pin);
             self.snap.nodes.push(Node {
@@ -441,12 +526,40 @@ impl Builder {
         out
     }
 
+    /// A builder for the snapshot of one account, captured on its own: its root is the
+    /// account's root mailbox at `base`, served under the node id `root.ino`; `account` is the
+    /// account's number and `epoch` which capture of it this is.
+    pub fn for_account(
+        base: PathBuf,
+        root: Attr,
+        source_dev: u64,
+        entries: usize,
+        account: u32,
+        epoch: u32,
+    ) -> Builder {
+        let mut b = Builder::new(root, source_dev, entries);
+        b.snap.root_ino = if root.ino.0 <= Ino::ROOT.0 || root.ino.0 >= SYNTHETIC_INO {
+            Ino::ROOT
+        } else {
+            root.ino
+        };
+        b.snap.base = base;
+        b.snap.synthetic = synthetic_base(account);
+        b.snap.epoch = epoch;
+        b
+    }
+
     pub fn node(&self, idx: NodeIdx) -> &Node {
         self.snap.node(idx)
     }
 
     pub fn name(&self, idx: NodeIdx) -> &[u8] {
         self.snap.name(idx)
+    }
+
+    /// Leaves directory `dir` (which has no children) to the snapshot of account `account`.
+    pub fn defer(&mut self, dir: NodeIdx, account: u32) {
+        self.snap.deferred.push((dir, account));
     }
 
     /// Makes listing and lookups in directory `dir` fail with `EIO`.
@@ -458,6 +571,7 @@ impl Builder {
     pub fn finish(mut self, totals: Totals) -> Snapshot {
         let snap = &mut self.snap;
         snap.unlistable.sort_unstable();
+        snap.deferred.sort_unstable();
         let mut by_ino: Vec<(Ino, NodeIdx)> = (1..snap.nodes.len() as u32)
             .map(|i| (snap.nodes[i as usize].attr.ino, NodeIdx(i)))
             .collect();
@@ -491,6 +605,14 @@ impl Builder {
         snap.names.shrink_to_fit();
         snap.pins.shrink_to_fit();
         snap.totals = totals;
+        snap.files = snap
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.kind, Kind::File(_)) && n.attr.size > 0)
+            .count();
+        snap.read_to_end = (0..snap.nodes.len().div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
         snap.totals.pinned = snap.pins.iter().filter(|p| p.is_some()).count();
         snap.totals.unpinned = snap
             .nodes
@@ -590,5 +712,37 @@ mod tests {
         assert_eq!(s.resolve(Ino::ROOT), Some(NodeIdx::ROOT));
         // Root: 2 + one subdirectory.
         assert_eq!(s.node(NodeIdx::ROOT).attr.nlink, 3);
+    }
+
+    #[test]
+    fn the_same_file_keeps_its_generation_another_file_gets_another() {
+        let node = |size: u64, mtime: i64, ctime: i64| {
+            let (m, c) = (
+                Stamp {
+                    sec: mtime,
+                    nsec: 5,
+                },
+                Stamp {
+                    sec: ctime,
+                    nsec: 0,
+                },
+            );
+            let mut b = Builder::new(attr(2), 7, 2);
+            b.add_children(
+                NodeIdx::ROOT,
+                vec![NewNode {
+                    name: b"m".to_vec(),
+                    kind: NewKind::File(NewContent::Message),
+                    attr: Attr::new(Ino(9), size, m, m, c, 0o644, 0, 0),
+                    pin: None,
+                }],
+            );
+            b.finish(Totals::default()).generation(NodeIdx(1))
+        };
+        // A rename (a flag change) moves the ctime only: still the same file.
+        assert_eq!(node(100, 1000, 1000), node(100, 1000, 2000));
+        assert_ne!(node(100, 1000, 1000), node(101, 1000, 1000));
+        assert_ne!(node(100, 1000, 1000), node(100, 1001, 1000));
+        assert_ne!(node(100, 1000, 1000), 0);
     }
 }

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result, escape_path};
 use crate::maildir::filename::base_name;
 use crate::maildir::names;
-use crate::snapshot::{Content, Kind, NodeIdx, SYNTHETIC_INO, Snapshot};
+use crate::snapshot::{Content, Ino, Kind, NodeIdx, SYNTHETIC_INO, Snapshot};
 use crate::sys;
 
 /// SOURCE, open, with the counters of what serving found.
@@ -31,17 +31,17 @@ use crate::sys;
 pub struct Source {
     root: OwnedFd,
     path: PathBuf,
-    /// Files that could not be served because they were gone from SOURCE, by node (a reader,
+    /// Files that could not be served because they were gone from SOURCE, by node id (a reader,
     /// or the kernel's readahead, may ask for one several times: it counts once). Protected by
     /// this mutex.
-    vanished: Mutex<HashSet<NodeIdx>>,
+    vanished: Mutex<HashSet<Ino>>,
     /// Files that failed to open or read for another reason (`EACCES`, `EIO`), by node: each
     /// is logged once however often it is asked for.
-    errors: Mutex<HashSet<NodeIdx>>,
+    errors: Mutex<HashSet<Ino>>,
     /// When the search for a gone message last found nothing, by node. Protected by this
     /// mutex. A search lists every folder of the account, and a reader (or the kernel's
     /// readahead) asks for a missing file again and again: one search a second per file.
-    missed: Mutex<std::collections::HashMap<NodeIdx, std::time::Instant>>,
+    missed: Mutex<std::collections::HashMap<Ino, std::time::Instant>>,
     /// Messages served from a new name after a rename in the live tree.
     pub refound: AtomicU64,
     /// Bytes read from SOURCE for the kernel, and READ requests answered.
@@ -84,6 +84,7 @@ impl Source {
             refound: self.refound.load(Ordering::Relaxed),
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
+            view: crate::view::Counts::default(),
         }
     }
 
@@ -159,10 +160,10 @@ impl Source {
         if !is_gone(&err) {
             // Still there but not readable now (a mailbox made unreadable, an I/O error): the
             // reader gets that error, the log names the file once.
-            self.failed(idx, &path, &err);
+            self.failed(snap.ino_of(idx), &path, &err);
             return Err(Error::io("cannot open", path, err));
         }
-        if self.vanished.lock().insert(idx) {
+        if self.vanished.lock().insert(snap.ino_of(idx)) {
             log::warn!(
                 "{} is gone from the source since capture ({err}); read fails with ENOENT",
                 escape_path(&path)
@@ -173,8 +174,8 @@ impl Source {
 
     /// Counts and logs (once per file) an error other than the file being gone: the file is
     /// reported, the reader gets the error, and serving goes on.
-    pub fn failed(&self, idx: NodeIdx, path: &Path, err: &std::io::Error) {
-        if self.errors.lock().insert(idx) {
+    pub fn failed(&self, ino: Ino, path: &Path, err: &std::io::Error) {
+        if self.errors.lock().insert(ino) {
             log::warn!("cannot read {}: {err}", escape_path(path));
         }
     }
@@ -196,10 +197,26 @@ impl Source {
     /// mtime (its INTERNALDATE) never change, so they must match too; other files may only
     /// have grown (append-only logs), and only the captured length is ever served.
     fn check(&self, snap: &Snapshot, idx: NodeIdx, fd: OwnedFd) -> std::io::Result<File> {
+        self.check_as(snap, idx, fd, false)
+    }
+
+    /// [`Source::check`]; with `copy`, a message may also be another inode with the same
+    /// size and mtime (the caller has matched its base name): a copy of it, as a client's
+    /// or a migration's copy-and-delete move makes (Dovecot sets a copy's mtime to the
+    /// message's received date, and a file in `cur/` or `new/` is whole: it was written in
+    /// `tmp/` first).
+    fn check_as(
+        &self,
+        snap: &Snapshot,
+        idx: NodeIdx,
+        fd: OwnedFd,
+        copy: bool,
+    ) -> std::io::Result<File> {
         let st = sys::fstat(fd.as_fd())?;
         let node = snap.node(idx);
         let want = node.attr.ino.0;
-        let ino_ok = want >= SYNTHETIC_INO || st.st_ino == want;
+        let is_message = matches!(node.kind, Kind::File(Content::Message));
+        let ino_ok = want >= SYNTHETIC_INO || st.st_ino == want || (copy && is_message);
         let size = st.st_size.max(0) as u64;
         let same_content = match node.kind {
             Kind::File(Content::Message) => {
@@ -228,14 +245,16 @@ impl Source {
         if self
             .missed
             .lock()
-            .get(&idx)
+            .get(&snap.ino_of(idx))
             .is_some_and(|t| t.elapsed() < SEARCH_AGAIN_AFTER)
         {
             return None;
         }
         let found = self.search_account(snap, idx);
         if found.is_none() {
-            self.missed.lock().insert(idx, std::time::Instant::now());
+            self.missed
+                .lock()
+                .insert(snap.ino_of(idx), std::time::Instant::now());
         }
         found
     }
@@ -260,8 +279,9 @@ impl Source {
         None
     }
 
-    /// Looks for message `idx` (its base name and inode) in the `cur/` and `new/` of the
-    /// mailbox node `mailbox`; the file and where it was found.
+    /// Looks for message `idx` in the `cur/` and `new/` of the mailbox node `mailbox`: by its
+    /// inode (a rename, a hard link under any name), else by its base name (a copy); the
+    /// file and where it was found.
     fn search_mailbox(
         &self,
         snap: &Snapshot,
@@ -281,13 +301,14 @@ impl Source {
                 continue;
             };
             for e in entries {
-                if e.ino != want_ino || base_name(&e.name) != base {
+                let same_inode = e.ino == want_ino;
+                if !same_inode && base_name(&e.name) != base {
                     continue;
                 }
                 let Ok(fd) = open_read(dir.as_fd(), OsStr::from_bytes(&e.name)) else {
                     continue;
                 };
-                if let Ok(f) = self.check(snap, idx, fd) {
+                if let Ok(f) = self.check_as(snap, idx, fd, !same_inode) {
                     let at = mbox_rel
                         .join(OsStr::from_bytes(sub))
                         .join(OsStr::from_bytes(&e.name));

@@ -12,9 +12,18 @@ use crate::sys;
 /// How long to wait for the server to exit after the unmount.
 const EXIT_WAIT: Duration = Duration::from_secs(60);
 
-/// Unmounts the maildirfs view at `mountpoint`; returns the server's closing summary if it left
-/// one.
-pub fn umount(mountpoint: &Path) -> Result<Option<String>> {
+/// What the server said as it ended.
+#[derive(Debug, Default)]
+pub struct Closing {
+    /// Its closing summary, if it left one.
+    pub line: Option<String>,
+    /// Accounts of the view that could not be read (their capture failed: locks refused
+    /// under --strict-lock, a capture that hung): `umount` then exits 1.
+    pub failed_accounts: u64,
+}
+
+/// Unmounts the maildirfs view at `mountpoint`; returns what the server said as it ended.
+pub fn umount(mountpoint: &Path) -> Result<Closing> {
     let abs =
         std::path::absolute(mountpoint).map_err(|e| Error::io("cannot unmount", mountpoint, e))?;
     let abs = normalize(&abs);
@@ -35,7 +44,7 @@ pub fn umount(mountpoint: &Path) -> Result<Option<String>> {
     }
     unmount_busy_patiently(&abs).map_err(|e| Error::io("cannot unmount", mountpoint, e))?;
     let Some((mut file, _)) = state else {
-        return Ok(None);
+        return Ok(Closing::default());
     };
     // The server removes its state file itself when it exits; it only has to be read.
     let deadline = Instant::now() + EXIT_WAIT;
@@ -53,10 +62,18 @@ pub fn umount(mountpoint: &Path) -> Result<Option<String>> {
         }
     }
     let fields = runtime::read_fields(&mut file);
-    Ok(fields
-        .into_iter()
-        .find(|(k, _)| k == "final")
-        .map(|(_, v)| v))
+    let value = |key: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    Ok(Closing {
+        line: value("final"),
+        failed_accounts: value("accounts_failed")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    })
 }
 
 /// How long a busy mount is tried again: a reader that has just finished (or a process forked

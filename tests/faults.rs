@@ -434,8 +434,9 @@ fn a_capture_hung_under_its_locks_releases_them_and_the_other_accounts_are_serve
         "log: {logged}"
     );
     // Unmounting works while the worker is still stuck (`umount` waits for the server's state
-    // file, which it closes on the way out whatever its threads are blocked in).
-    m.umount();
+    // file, which it closes on the way out whatever its threads are blocked in), and exits 1:
+    // the view could not serve that account.
+    m.umount_incomplete();
     assert!(source.stall.waiting() >= 1, "still held when unmounted");
     // The disk comes back: the stuck worker's read is answered.
     source.stall.release();
@@ -506,7 +507,7 @@ fn a_capture_hung_before_its_locks_is_given_up_and_the_other_accounts_are_served
         std::fs::read(m.mnt.join(faulty::OTHER)).unwrap(),
         b"Subject: other\n\nserved\n"
     );
-    m.umount();
+    m.umount_incomplete();
     source.stall.release();
     assert_eq!(lock_files(&fx.src()), Vec::<std::path::PathBuf>::new());
 }

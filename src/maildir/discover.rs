@@ -58,12 +58,15 @@ impl Discovery {
 }
 
 /// Walks the tree under `root` (an fd on SOURCE; `source` is only for messages).
-/// Only paths that `selection` shows are searched for accounts (see `select.rs`).
+/// Only paths that `selection` shows are searched for accounts (see `select.rs`). With
+/// `roots_only`, each account is found by its root mailbox alone (`mailboxes` holds just it),
+/// and nothing below it is read.
 pub fn discover(
     root: BorrowedFd<'_>,
     source: &Path,
     exclude_indexes: bool,
     selection: &Selection,
+    roots_only: bool,
 ) -> Result<Discovery> {
     let root_dev = sys::fstat(root)
         .map_err(|e| Error::io("cannot stat source", source, e))?
@@ -73,21 +76,65 @@ pub fn discover(
         root_dev,
         exclude_indexes,
         selection,
+        roots_only,
         out: Discovery::default(),
     };
     walk.visit(root, PathBuf::new(), None, 0)?;
-    for account in &mut walk.out.accounts {
-        account
-            .mailboxes
-            .sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+    Ok(walk.finish())
+}
+
+/// The mailboxes of the account whose root mailbox is `rel`, found now (an account captured
+/// on demand is searched again at its capture, so a folder created since the mount is
+/// captured under its lock too). `Ok(None)` when `rel` is no longer a mailbox.
+pub fn discover_account(
+    root: BorrowedFd<'_>,
+    source: &Path,
+    rel: &Path,
+    exclude_indexes: bool,
+    selection: &Selection,
+) -> Result<Option<Account>> {
+    let root_dev = sys::fstat(root)
+        .map_err(|e| Error::io("cannot stat source", source, e))?
+        .st_dev;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let dir = if rel.as_os_str().is_empty() {
+        root.try_clone_to_owned()
+    } else {
+        sys::open_beneath(root, rel.as_os_str(), flags)
     }
-    walk.out.accounts.sort_by(|a, b| {
-        a.root
-            .as_os_str()
-            .as_bytes()
-            .cmp(b.root.as_os_str().as_bytes())
-    });
-    Ok(walk.out)
+    .map_err(|e| Error::io("cannot open account", source.join(rel), e))?;
+    let mut walk = Walk {
+        source,
+        root_dev,
+        exclude_indexes,
+        selection,
+        roots_only: false,
+        out: Discovery::default(),
+    };
+    if !walk.same_fs(&dir, rel) {
+        return Ok(None);
+    }
+    walk.visit(dir.as_fd(), rel.to_path_buf(), None, 0)?;
+    let found = walk.finish();
+    Ok(found.accounts.into_iter().find(|a| a.root == rel))
+}
+
+impl Walk<'_> {
+    /// Sorts what was found: mailboxes in lock order, accounts by path.
+    fn finish(mut self) -> Discovery {
+        for account in &mut self.out.accounts {
+            account
+                .mailboxes
+                .sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+        }
+        self.out.accounts.sort_by(|a, b| {
+            a.root
+                .as_os_str()
+                .as_bytes()
+                .cmp(b.root.as_os_str().as_bytes())
+        });
+        self.out
+    }
 }
 
 struct Walk<'a> {
@@ -95,6 +142,9 @@ struct Walk<'a> {
     root_dev: u64,
     exclude_indexes: bool,
     selection: &'a Selection,
+    /// Stop at each account's root mailbox: its other mailboxes are found when it is
+    /// captured (see [`discover_account`]).
+    roots_only: bool,
     out: Discovery,
 }
 
@@ -136,6 +186,9 @@ impl Walk<'_> {
                 self.out.accounts.len() - 1
             });
             self.out.accounts[idx].mailboxes.push(rel.clone());
+            if self.roots_only {
+                return Ok(());
+            }
             Some(idx)
         } else {
             account
@@ -250,7 +303,7 @@ mod tests {
         fs::create_dir_all(root.join("example.org/bob/mail/Archive/notes")).unwrap();
         fs::create_dir_all(root.join("example.org/carol/sieve")).unwrap();
         let fd = fs::File::open(root).unwrap();
-        let d = discover(fd.as_fd(), root, false, &Selection::default()).unwrap();
+        let d = discover(fd.as_fd(), root, false, &Selection::default(), false).unwrap();
         assert_eq!(d.accounts.len(), 2);
         assert_eq!(d.accounts[0].root, Path::new("example.org/alice/Maildir"));
         assert_eq!(
@@ -266,6 +319,27 @@ mod tests {
             ["example.org/bob/mail", "example.org/bob/mail/Archive/2024"]
         );
         assert_eq!(d.mailbox_count(), 5);
+        // Roots only: the same accounts, nothing below their roots read; each account's
+        // mailboxes are found again when it is captured.
+        let r = discover(fd.as_fd(), root, false, &Selection::default(), true).unwrap();
+        let roots: Vec<_> = r.accounts.iter().map(|a| a.root.clone()).collect();
+        assert_eq!(
+            roots,
+            [d.accounts[0].root.clone(), d.accounts[1].root.clone()]
+        );
+        assert_eq!(r.mailbox_count(), 2);
+        for a in &d.accounts {
+            let again = discover_account(fd.as_fd(), root, &a.root, false, &Selection::default())
+                .unwrap()
+                .unwrap();
+            assert_eq!(&again, a);
+        }
+        let plain = Path::new("example.org/carol");
+        assert!(
+            discover_account(fd.as_fd(), root, plain, false, &Selection::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -273,7 +347,7 @@ mod tests {
         let t = crate::testutil::TempDir::new("discover1");
         mkbox(t.path());
         let fd = fs::File::open(t.path()).unwrap();
-        let d = discover(fd.as_fd(), t.path(), false, &Selection::default()).unwrap();
+        let d = discover(fd.as_fd(), t.path(), false, &Selection::default(), false).unwrap();
         assert_eq!(d.accounts.len(), 1);
         assert_eq!(d.accounts[0].root, Path::new(""));
     }
@@ -285,7 +359,7 @@ mod tests {
         mkbox(elsewhere.path());
         std::os::unix::fs::symlink(elsewhere.path(), t.path().join("link")).unwrap();
         let fd = fs::File::open(t.path()).unwrap();
-        let d = discover(fd.as_fd(), t.path(), false, &Selection::default()).unwrap();
+        let d = discover(fd.as_fd(), t.path(), false, &Selection::default(), false).unwrap();
         assert!(d.accounts.is_empty());
     }
 }

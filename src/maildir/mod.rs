@@ -9,4 +9,4 @@ pub mod filename;
 pub mod names;
 pub mod uidlist;
 
-pub use discover::{Account, Discovery, discover};
+pub use discover::{Account, Discovery, discover, discover_account};

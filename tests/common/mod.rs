@@ -230,6 +230,17 @@ impl Mounted {
         Self::mount(fx, extra, &[], &["prlimit", &nofile])
     }
 
+    /// [`Mounted::with_nofile`], with extra environment for the server.
+    pub fn with_nofile_env(
+        fx: &Fixture,
+        extra: &[&str],
+        limit: u64,
+        env: &[(&str, &str)],
+    ) -> Mounted {
+        let nofile = format!("--nofile={limit}:{limit}");
+        Self::mount(fx, extra, env, &["prlimit", &nofile])
+    }
+
     /// Mounts with the command run under `wrapper` (`setpriv ...`, `prlimit ...`).
     pub fn wrapped(fx: &Fixture, wrapper: &[&str], extra: &[&str]) -> Mounted {
         Self::mount(fx, extra, &[], wrapper)
@@ -266,6 +277,17 @@ impl Mounted {
             mnt,
             stderr: String::new(),
         }
+    }
+
+    /// Unmounts with `maildirfs umount`, asserting that it says `N accounts UNREADABLE` and
+    /// exits 1 (an account of the view could not be captured); returns its stderr.
+    pub fn umount_incomplete(self) -> String {
+        let out = run(&[OsStr::new("umount"), self.mnt.as_os_str()], &[]);
+        let s = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "umount: {s}");
+        assert!(s.contains("accounts UNREADABLE"), "umount said: {s}");
+        assert!(!is_mounted(&self.mnt));
+        s
     }
 
     /// Unmounts with `maildirfs umount`, asserting success; returns its stderr.
