@@ -59,11 +59,14 @@ pub struct FreezeReport {
     pub stalled: Vec<PathBuf>,
     /// Directories more than [`MAX_DEPTH`] levels down, shown empty.
     pub too_deep: Vec<PathBuf>,
+    /// The accounts a [`Scope::Skeleton`] walk found, by their root mailboxes, in walk order.
+    pub accounts: Vec<PathBuf>,
 }
 
 impl FreezeReport {
     /// Adds what another freeze noticed (an account frozen on its own).
     pub fn merge(&mut self, o: FreezeReport) {
+        self.accounts.extend(o.accounts);
         self.late_mailboxes.extend(o.late_mailboxes);
         self.vanished += o.vanished;
         self.special_files += o.special_files;
@@ -99,12 +102,19 @@ pub enum Scope<'a> {
     /// The tree from SOURCE down. The accounts in `deferred` (root mailbox -> account number)
     /// are not entered: their directories are left to their own snapshots.
     Tree { deferred: &'a HashMap<PathBuf, u32> },
+    /// The tree from SOURCE down, finding the accounts as it goes (this walk is the
+    /// discovery): a mailbox not inside another is an account's root, not entered, its
+    /// directory left to its own snapshot. The roots are in [`FreezeReport::accounts`], the
+    /// account numbers their positions there.
+    Skeleton,
     /// One account alone, from its root mailbox `base` down: capture number `epoch` of
     /// account number `account`.
     Account {
         base: &'a Path,
         account: u32,
         epoch: u32,
+        /// The node id the view gives the account's directory.
+        dir: Ino,
     },
 }
 
@@ -126,6 +136,7 @@ pub fn freeze(
     let no_deferred = HashMap::new();
     let (deferred, base) = match scope {
         Scope::Tree { deferred } => (deferred, PathBuf::new()),
+        Scope::Skeleton => (&no_deferred, PathBuf::new()),
         Scope::Account { base, .. } => (&no_deferred, base.to_path_buf()),
     };
     // The directory the walk starts from: SOURCE, or the account's root mailbox.
@@ -157,9 +168,17 @@ pub fn freeze(
         .sum::<usize>()
         + 64;
     let builder = match scope {
-        Scope::Tree { .. } => Builder::new(attr_of(&root_st), root_st.st_dev, expected),
-        Scope::Account { account, epoch, .. } => Builder::for_account(
+        Scope::Tree { .. } | Scope::Skeleton => {
+            Builder::new(attr_of(&root_st), root_st.st_dev, expected)
+        }
+        Scope::Account {
+            account,
+            epoch,
+            dir,
+            ..
+        } => Builder::for_account(
             base.clone(),
+            dir,
             attr_of(&base_st),
             root_st.st_dev,
             expected,
@@ -171,6 +190,7 @@ pub fn freeze(
         root,
         base_fd,
         deferred,
+        find_accounts: matches!(scope, Scope::Skeleton),
         budget,
         source,
         dev: root_st.st_dev,
@@ -254,6 +274,8 @@ struct Freezer<'a> {
     base_fd: OwnedFd,
     /// Account directories not entered (see [`Scope::Tree`]).
     deferred: &'a HashMap<PathBuf, u32>,
+    /// Whether each account root met is left to its own snapshot (see [`Scope::Skeleton`]).
+    find_accounts: bool,
     stalled: &'a [PathBuf],
     /// The control-file memory of all mailboxes created during the capture, together: each
     /// new mailbox must not bring a fresh allowance.
@@ -366,6 +388,14 @@ impl<'a> Freezer<'a> {
         // that way down: its subdirectories that are shown or lead to shown ones.
         let only_the_way = self.selection.visibility(&p.rel) == Visibility::Ancestor;
         let mut mailbox = !only_the_way && is_mailbox(dir, &entries);
+        if mailbox && self.find_accounts {
+            // An account's root: its contents are its own capture's.
+            let account = self.report.accounts.len() as u32;
+            self.report.accounts.push(p.rel.clone());
+            self.builder.add_children(p.node, Vec::new());
+            self.builder.defer(p.node, account);
+            return Ok(Vec::new());
+        }
         if mailbox && !self.mailboxes.contains_key(&p.rel) {
             // Created after discovery: capture it now, without a lock.
             log::warn!(
@@ -494,6 +524,7 @@ impl<'a> Freezer<'a> {
         };
         // Kept open for the subdirectories while the budget can spare one fd.
         let mut parent = None;
+        let mut fd = Some(fd);
         let mut next = Vec::new();
         for idx in placed {
             if !matches!(
@@ -505,16 +536,18 @@ impl<'a> Freezer<'a> {
             let name = self.builder.name(idx).to_vec();
             let rel = p.rel.join(OsStr::from_bytes(&name));
             let role = roles.remove(&name).unwrap_or(Role::Plain);
+            // This directory's own fd becomes its subdirectories' parent (no copy: it is not
+            // needed here any more), counted in the budget while they are pending; where the
+            // budget is spent, they are opened beneath SOURCE instead.
             if parent.is_none() && !matches!(role, Role::Tmp) && self.budget.hold(1) == 1 {
-                match fd.try_clone() {
-                    Ok(dup) => {
+                match fd.take() {
+                    Some(fd) => {
                         parent = Some(std::rc::Rc::new(HeldDir {
-                            fd: dup,
+                            fd,
                             budget: self.budget,
                         }))
                     }
-                    // Out of fds: the children are opened beneath SOURCE instead.
-                    Err(_) => self.budget.unhold(1),
+                    None => self.budget.unhold(1),
                 }
             }
             next.push(Pending {

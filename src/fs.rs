@@ -333,10 +333,16 @@ fn kind_of(snap: &Snapshot, idx: Option<NodeIdx>) -> FileType {
 }
 
 /// Answers a lookup of `name` in directory `dir`.
-fn reply_lookup(dir: &At, name: &OsStr, reply: ReplyEntry) {
-    let snap = &dir.snap;
-    match snap.lookup(dir.idx, name.as_bytes()) {
-        Some(c) => reply.entry(&TTL, &snap.file_attr(c), Generation(snap.generation(c))),
+fn reply_lookup(view: &View, dir: &At, name: &OsStr, reply: ReplyEntry) {
+    match dir.snap.lookup(dir.idx, name.as_bytes()) {
+        Some(idx) => {
+            let c = view.shown(At {
+                snap: Arc::clone(&dir.snap),
+                idx,
+            });
+            let generation = Generation(c.snap.generation(c.idx));
+            reply.entry(&TTL, &c.snap.file_attr(c.idx), generation)
+        }
         None => reply.error(Errno::ENOENT),
     }
 }
@@ -368,14 +374,15 @@ impl Filesystem for MaildirFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
+        let view = Arc::clone(&self.view);
         self.with_dir(parent, move |r| match r {
-            Ok((dir, _)) => reply_lookup(&dir, &name, reply),
+            Ok((dir, _)) => reply_lookup(&view, &dir, &name, reply),
             Err(e) => reply.error(e),
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino) {
+        match self.node(ino).map(|at| self.view.shown(at)) {
             Ok(at) => reply.attr(&TTL, &at.snap.file_attr(at.idx)),
             Err(e) => reply.error(e),
         }
@@ -517,7 +524,7 @@ impl Filesystem for MaildirFs {
                     }),
                     None => view.node(ino).ok(),
                 };
-                let Some(at) = at else {
+                let Some(at) = at.map(|at| view.shown(at)) else {
                     pos += 1;
                     continue;
                 };
@@ -737,7 +744,7 @@ mod tests {
     fn snap(epoch: u32) -> Snapshot {
         let t = Stamp::default();
         let root = Attr::new(Ino(50), 0, t, t, t, 0o755, 0, 0);
-        Builder::for_account(std::path::PathBuf::from("a"), root, 0, 1, 0, epoch)
+        Builder::for_account(std::path::PathBuf::from("a"), Ino(50), root, 0, 1, 0, epoch)
             .finish(Totals::default())
     }
 

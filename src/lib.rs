@@ -6,8 +6,10 @@
 //! ([`maildir::discover`]), **lock** every mailbox of an account at once with Dovecot's
 //! `dovecot-uidlist.lock` ([`lock`]), **capture** control files and the `new/`/`cur/` listings
 //! under those locks with a listing check ([`capture`]), **freeze** the rest of the tree into
-//! an immutable [`snapshot::Snapshot`] after the locks are released ([`freeze`]), and
-//! **serve** it read-only over FUSE ([`fs`], reading bytes through [`source`]).
+//! an immutable [`snapshot::Snapshot`] after the locks are released ([`freeze`]), hold the
+//! accounts' snapshots in a bounded working set that captures an account when it is first
+//! needed ([`view`]), and **serve** it read-only over FUSE ([`fs`], reading bytes through
+//! [`source`]).
 //!
 //! # Layout
 //! - `maildir/`: filename grammar, names to hide, control files, discovery.

@@ -20,7 +20,7 @@ use crate::options::MountOptions;
 use crate::pin::PinBudget;
 use crate::report::{AccountHold, Live, MountReport};
 use crate::runtime::{self, StateFile};
-use crate::snapshot::Totals;
+use crate::snapshot::{Ino, NodeIdx, Totals};
 use crate::source::Source;
 use crate::sys;
 use crate::view::{AccountId, AccountImage, Capturer, Limits, View};
@@ -233,23 +233,6 @@ pub fn capture_tree_with(
     progress: &Arc<capture::Progress>,
 ) -> Result<Captured> {
     let started = Instant::now();
-    let started_at = crate::logging::utc_now();
-    let on_demand = opts.capture == CaptureMode::OnDemand;
-    let found = maildir::discover(
-        root.as_fd(),
-        source,
-        opts.exclude_indexes,
-        &opts.selection,
-        on_demand,
-    )?;
-    if found.accounts.is_empty() {
-        let why = if opts.selection.is_all() {
-            "holds no Maildir (no directory with cur/ and new/)"
-        } else {
-            "holds no Maildir that --include/--exclude select"
-        };
-        return Err(Error::msg("nothing to capture", source, why));
-    }
     let policy = LockPolicy {
         no_lock: opts.no_lock,
         strict: opts.strict_lock,
@@ -264,114 +247,101 @@ pub fn capture_tree_with(
              it cannot check our pid and may override our locks; use --lock-host NAME"
         );
     }
-    let budget = Arc::new(PinBudget::for_working_set(opts.working_set));
-    let working_set = budget.left();
-    let all = found.accounts;
-    // On demand: the accounts that fit, in discovery order, each found whole now (its
-    // folders) and estimated before any lock; the first that does not fit ends the list.
-    let mut now = Vec::new();
-    if on_demand {
-        let mut room = working_set;
-        for (id, a) in all.iter().enumerate() {
-            let Some(whole) = maildir::discover_account(
-                root.as_fd(),
-                source,
-                &a.root,
-                opts.exclude_indexes,
-                &opts.selection,
-            )?
-            else {
-                continue;
-            };
-            let need = capture::likely_messages(root.as_fd(), &whole);
-            // The first account is captured at mount however large: the working set always
-            // holds one, and it gets the pins there are.
-            if need > room && !now.is_empty() {
-                break;
-            }
-            room = room.saturating_sub(need);
-            now.push((id as AccountId, whole));
-        }
-    } else {
-        now = all
-            .iter()
-            .enumerate()
-            .map(|(id, a)| (id as AccountId, a.clone()))
-            .collect();
-    }
-    progress
-        .accounts_total
-        .store(now.len(), std::sync::atomic::Ordering::Relaxed);
-    let work = Work {
-        source: source.to_path_buf(),
-        accounts: now.iter().map(|(_, a)| a.clone()).collect(),
-        policy: policy.clone(),
-        budget: Arc::clone(&budget),
-        progress: Arc::clone(progress),
-        stall_timeout: opts.stall_timeout,
+    let at = Start {
+        root,
+        source,
+        opts,
+        progress,
+        policy,
+        budget: Arc::new(PinBudget::for_working_set(opts.working_set)),
+        started,
+        started_at: crate::logging::utc_now(),
     };
-    let (captures, stalled) = capture_accounts(root, work)?;
-    let accounts: Vec<AccountSummary> = captures.iter().map(AccountSummary::of).collect();
-    let roots: Vec<PathBuf> = all.iter().map(|a| a.root.clone()).collect();
-    let (view, report, totals) = if on_demand {
-        let deferred: HashMap<PathBuf, u32> = roots
-            .iter()
-            .enumerate()
-            .map(|(id, r)| (r.clone(), id as u32))
-            .collect();
-        let (skeleton, mut report) = freeze::freeze(
-            root.as_fd(),
-            source,
-            freeze::Scope::Tree {
-                deferred: &deferred,
-            },
-            Vec::new(),
-            &[],
-            opts.exclude_indexes,
-            &opts.selection,
-            &budget,
-        )?;
-        let mut totals = skeleton.totals.clone();
-        let mut ready = Vec::new();
-        for c in captures {
-            let id = deferred.get(&c.root).copied().unwrap_or(0);
-            let (image, r) = freeze_account(root.as_fd(), source, opts, &budget, id, 1, c)?;
-            add_totals(&mut totals, &image.snapshot.totals);
-            report.merge(r);
-            ready.push((id, image));
-        }
-        report.stalled = stalled.clone();
-        let failed: Vec<AccountId> = stalled
-            .iter()
-            .filter_map(|r| deferred.get(r).copied())
-            .collect();
-        let capturer = Arc::new(OnDemand {
-            root: root
-                .try_clone()
-                .map_err(|e| Error::io("cannot open source", source, e))?,
-            source: source.to_path_buf(),
-            policy,
-            budget: Arc::clone(&budget),
-            stall_timeout: opts.stall_timeout,
-            exclude_indexes: opts.exclude_indexes,
-            selection: opts.selection.clone(),
-        });
-        let limits = Limits {
-            entries: working_set.saturating_mul(ENTRIES_PER_PIN).max(MIN_ENTRIES),
-            min_idle: min_idle(),
-            evict: true,
+    match opts.capture {
+        CaptureMode::OnDemand => at.on_demand(),
+        CaptureMode::AtMount => at.all_at_mount(),
+    }
+}
+
+/// What a capture at mount starts from.
+struct Start<'a> {
+    root: &'a OwnedFd,
+    source: &'a Path,
+    opts: &'a MountOptions,
+    progress: &'a Arc<capture::Progress>,
+    policy: LockPolicy,
+    budget: Arc<PinBudget>,
+    started: Instant,
+    started_at: String,
+}
+
+impl Start<'_> {
+    fn nothing_to_capture(&self) -> Error {
+        let why = if self.opts.selection.is_all() {
+            "holds no Maildir (no directory with cur/ and new/)"
+        } else {
+            "holds no Maildir that --include/--exclude select"
         };
-        let view = View::new(
-            skeleton,
-            roots,
-            ready,
-            failed,
-            capturer,
-            Arc::clone(&budget),
-            limits,
+        Error::msg("nothing to capture", self.source, why)
+    }
+
+    /// Captures `accounts` in parallel (see [`capture_accounts`]).
+    fn capture(
+        &self,
+        accounts: Vec<maildir::Account>,
+    ) -> Result<(Vec<AccountCapture>, Vec<PathBuf>)> {
+        self.progress
+            .accounts_total
+            .store(accounts.len(), std::sync::atomic::Ordering::Relaxed);
+        let work = Work {
+            source: self.source.to_path_buf(),
+            accounts,
+            policy: self.policy.clone(),
+            budget: Arc::clone(&self.budget),
+            progress: Arc::clone(self.progress),
+            stall_timeout: self.opts.stall_timeout,
+        };
+        let captured = capture_accounts(self.root, work)?;
+        log::debug!(
+            "captured {} accounts at {:.3} s",
+            captured.0.len(),
+            self.started.elapsed().as_secs_f64()
         );
-        (view, report, totals)
-    } else {
+        Ok(captured)
+    }
+
+    fn done(
+        self,
+        view: Arc<View>,
+        report: FreezeReport,
+        accounts: Vec<AccountSummary>,
+        totals: Totals,
+        on_demand: usize,
+    ) -> Captured {
+        sys::trim_heap();
+        Captured {
+            started_at: self.started_at,
+            view,
+            report,
+            accounts,
+            totals,
+            on_demand,
+            elapsed: self.started.elapsed(),
+            fd_limit: self.budget.limit,
+            working_set: self.budget.left(),
+            selected: !self.opts.selection.is_all(),
+        }
+    }
+
+    /// `--capture at-mount`: discover, capture and freeze every account, as one snapshot.
+    fn all_at_mount(self) -> Result<Captured> {
+        let (root, source, opts) = (self.root, self.source, self.opts);
+        let found = maildir::discover(root.as_fd(), source, opts.exclude_indexes, &opts.selection)?;
+        if found.accounts.is_empty() {
+            return Err(self.nothing_to_capture());
+        }
+        let (captures, stalled) = self.capture(found.accounts)?;
+        let accounts: Vec<AccountSummary> = captures.iter().map(AccountSummary::of).collect();
         let (snapshot, report) = freeze::freeze(
             root.as_fd(),
             source,
@@ -382,32 +352,116 @@ pub fn capture_tree_with(
             &stalled,
             opts.exclude_indexes,
             &opts.selection,
-            &budget,
+            &self.budget,
         )?;
         let totals = snapshot.totals.clone();
-        (View::whole(snapshot), report, totals)
-    };
-    sys::trim_heap();
-    let on_demand_left = if on_demand {
-        all.len() - accounts.len() - report.stalled.len()
-    } else {
-        0
-    };
-    Ok(Captured {
-        started_at,
-        view,
-        report,
-        accounts,
-        totals: Totals {
-            accounts: all.len(),
-            ..totals
-        },
-        on_demand: on_demand_left,
-        elapsed: started.elapsed(),
-        fd_limit: budget.limit,
-        working_set,
-        selected: !opts.selection.is_all(),
-    })
+        Ok(self.done(View::whole(snapshot), report, accounts, totals, 0))
+    }
+
+    /// On demand: freeze the tree outside the accounts (finding them as it goes), capture the
+    /// accounts that fit in the working set, in the order found, and leave the others to be
+    /// captured when first needed.
+    fn on_demand(self) -> Result<Captured> {
+        let (root, source, opts) = (self.root, self.source, self.opts);
+        let (skeleton, mut report) = freeze::freeze(
+            root.as_fd(),
+            source,
+            freeze::Scope::Skeleton,
+            Vec::new(),
+            &[],
+            opts.exclude_indexes,
+            &opts.selection,
+            &self.budget,
+        )?;
+        let roots = std::mem::take(&mut report.accounts);
+        if roots.is_empty() {
+            return Err(self.nothing_to_capture());
+        }
+        log::debug!(
+            "found {} accounts and froze the tree outside them ({} entries) in {:.3} s",
+            roots.len(),
+            skeleton.len(),
+            self.started.elapsed().as_secs_f64()
+        );
+        // The node id the view gives each account's directory.
+        let mut dirs = vec![Ino::ROOT; roots.len()];
+        for i in 0..skeleton.len() as u32 {
+            if let Some(a) = skeleton.deferred(NodeIdx(i))
+                && let Some(d) = dirs.get_mut(a as usize)
+            {
+                *d = skeleton.ino_of(NodeIdx(i));
+            }
+        }
+        // The accounts that fit, each found whole now (its folders) and estimated before any
+        // lock; the first that does not fit ends the list, and the first is always taken (the
+        // working set always holds one, with the pins there are).
+        let mut now = Vec::new();
+        let mut room = self.budget.left();
+        for (id, rel) in roots.iter().enumerate() {
+            let found = maildir::discover_account(
+                root.as_fd(),
+                source,
+                rel,
+                opts.exclude_indexes,
+                &opts.selection,
+            )?;
+            let Some(whole) = found else { continue };
+            let need = capture::likely_messages(root.as_fd(), &whole);
+            if need > room && !now.is_empty() {
+                break;
+            }
+            room = room.saturating_sub(need);
+            now.push((id as AccountId, whole));
+        }
+        let ids: HashMap<PathBuf, AccountId> =
+            now.iter().map(|(id, a)| (a.root.clone(), *id)).collect();
+        let (captures, stalled) = self.capture(now.into_iter().map(|(_, a)| a).collect())?;
+        let accounts: Vec<AccountSummary> = captures.iter().map(AccountSummary::of).collect();
+        let capturer = Arc::new(OnDemand {
+            root: root
+                .try_clone()
+                .map_err(|e| Error::io("cannot open source", source, e))?,
+            source: source.to_path_buf(),
+            policy: self.policy.clone(),
+            budget: Arc::clone(&self.budget),
+            stall_timeout: opts.stall_timeout,
+            exclude_indexes: opts.exclude_indexes,
+            selection: opts.selection.clone(),
+            dirs,
+        });
+        let mut totals = skeleton.totals.clone();
+        let mut ready = Vec::new();
+        for c in captures {
+            let id = ids.get(&c.root).copied().unwrap_or(0);
+            let (image, r) = capturer.freeze(id, 1, c)?;
+            add_totals(&mut totals, &image.snapshot.totals);
+            report.merge(r);
+            ready.push((id, image));
+        }
+        report.stalled = stalled.clone();
+        let failed: Vec<AccountId> = stalled.iter().filter_map(|r| ids.get(r).copied()).collect();
+        let limits = Limits {
+            entries: self
+                .budget
+                .left()
+                .saturating_mul(ENTRIES_PER_PIN)
+                .max(MIN_ENTRIES),
+            min_idle: min_idle(),
+            evict: true,
+        };
+        let left = roots.len() - accounts.len() - failed.len();
+        totals.accounts = roots.len();
+        let view = View::new(
+            skeleton,
+            roots,
+            ready,
+            failed,
+            capturer,
+            Arc::clone(&self.budget),
+            limits,
+        );
+        Ok(self.done(view, report, accounts, totals, left))
+    }
 }
 
 /// The working set's memory bound, in entries per pin of its budget: an account's entries
@@ -439,42 +493,6 @@ fn add_totals(to: &mut Totals, t: &Totals) {
     to.unpinned += t.unpinned;
 }
 
-/// Freezes one captured account as its own snapshot (capture number `epoch`).
-fn freeze_account(
-    root: std::os::fd::BorrowedFd<'_>,
-    source: &Path,
-    opts: &MountOptions,
-    budget: &Arc<PinBudget>,
-    id: AccountId,
-    epoch: u32,
-    c: AccountCapture,
-) -> Result<(AccountImage, FreezeReport)> {
-    let unlocked = c.unlocked.clone();
-    let lock_hold = c.lock_hold;
-    let base = c.root.clone();
-    let (snapshot, report) = freeze::freeze(
-        root,
-        source,
-        freeze::Scope::Account {
-            base: &base,
-            account: id,
-            epoch,
-        },
-        vec![c],
-        &[],
-        opts.exclude_indexes,
-        &opts.selection,
-        budget,
-    )?;
-    let image = AccountImage {
-        snapshot,
-        unlocked,
-        lock_hold,
-        unreadable: report.unreadable.len(),
-    };
-    Ok((image, report))
-}
-
 /// Captures accounts when the view first needs them: the same discovery, locks, capture
 /// and freeze as at mount, one account at a time.
 struct OnDemand {
@@ -485,9 +503,45 @@ struct OnDemand {
     stall_timeout: Duration,
     exclude_indexes: bool,
     selection: crate::select::Selection,
+    /// The node id of each account's directory in the view (its snapshot's root).
+    dirs: Vec<Ino>,
 }
 
 impl OnDemand {
+    /// Freezes one captured account as its own snapshot (capture number `epoch`).
+    fn freeze(
+        &self,
+        id: AccountId,
+        epoch: u32,
+        c: AccountCapture,
+    ) -> Result<(AccountImage, FreezeReport)> {
+        let unlocked = c.unlocked.clone();
+        let lock_hold = c.lock_hold;
+        let base = c.root.clone();
+        let (snapshot, report) = freeze::freeze(
+            self.root.as_fd(),
+            &self.source,
+            freeze::Scope::Account {
+                base: &base,
+                account: id,
+                epoch,
+                dir: self.dirs.get(id as usize).copied().unwrap_or(Ino::ROOT),
+            },
+            vec![c],
+            &[],
+            self.exclude_indexes,
+            &self.selection,
+            &self.budget,
+        )?;
+        let image = AccountImage {
+            snapshot,
+            unlocked,
+            lock_hold,
+            unreadable: report.unreadable.len(),
+        };
+        Ok((image, report))
+    }
+
     fn whole(&self, rel: &Path) -> Result<maildir::Account> {
         maildir::discover_account(
             self.root.as_fd(),
@@ -507,16 +561,16 @@ impl OnDemand {
 }
 
 impl Capturer for OnDemand {
-    fn estimate(&self, rel: &Path) -> usize {
-        match self.whole(rel) {
-            Ok(a) => capture::likely_messages(self.root.as_fd(), &a),
-            Err(_) => 0,
-        }
-    }
-
-    fn capture(&self, id: AccountId, rel: &Path, epoch: u32) -> Result<AccountImage> {
+    fn capture(
+        &self,
+        id: AccountId,
+        rel: &Path,
+        epoch: u32,
+        make_room: &dyn Fn(usize),
+    ) -> Result<AccountImage> {
         let started = Instant::now();
         let account = self.whole(rel)?;
+        make_room(capture::likely_messages(self.root.as_fd(), &account));
         let work = Work {
             source: self.source.clone(),
             accounts: vec![account],
@@ -534,18 +588,7 @@ impl Capturer for OnDemand {
             ));
         };
         let messages = c.messages();
-        let mut opts = MountOptions::new(self.source.clone(), PathBuf::new());
-        opts.exclude_indexes = self.exclude_indexes;
-        opts.selection = self.selection.clone();
-        let (image, _) = freeze_account(
-            self.root.as_fd(),
-            &self.source,
-            &opts,
-            &self.budget,
-            id,
-            epoch,
-            c,
-        )?;
+        let (image, _) = self.freeze(id, epoch, c)?;
         log::info!(
             "captured {} ({}capture {epoch}): {messages} messages, {} pinned, lock hold {} us{}, in {:.3} s",
             escape_path(&self.source.join(rel)),
@@ -560,6 +603,13 @@ impl Capturer for OnDemand {
         );
         Ok(image)
     }
+}
+
+/// The CPUs this process may use, looked up once (the lookup reads cgroup files, and an
+/// account captured on demand would pay for it each time).
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// What the capture workers share: the accounts to capture and how.
@@ -614,10 +664,7 @@ struct BoardState {
 /// stalled, and replaced by a new worker, so the other accounts go on whatever the stuck one
 /// is blocked in.
 fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, Vec<PathBuf>)> {
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8)
-        .min(work.accounts.len().max(1));
+    let workers = cpus().clamp(1, 8).min(work.accounts.len().max(1));
     work.budget.reserve_table(
         capture::expected_entries_all(root.as_fd(), &work.accounts),
         root.as_fd(),
@@ -944,11 +991,7 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
             .push(fuser::MountOption::DefaultPermissions);
         config.acl = fuser::SessionACL::All;
     }
-    config.n_threads = Some(
-        std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 8),
-    );
+    config.n_threads = Some(cpus().clamp(1, 8));
     config.clone_fd = true;
     // Held while mounting: a stop signal now waits for the mount and then unmounts it, rather
     // than end the process under a half-made mount.

@@ -39,7 +39,19 @@ fn memory_bytes() -> Option<u64> {
 #[derive(Debug)]
 pub struct Pin {
     fd: OwnedFd,
-    budget: Arc<PinBudget>,
+    share: Share,
+}
+
+/// One pin's share of the budget: given back on drop unless handed to a [`PinSet`].
+#[derive(Debug)]
+struct Share(Option<Arc<PinBudget>>);
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.release(1);
+        }
+    }
 }
 
 impl AsFd for Pin {
@@ -48,9 +60,43 @@ impl AsFd for Pin {
     }
 }
 
-impl Drop for Pin {
+impl Pin {
+    /// The fd alone, its share of the budget now `set`'s: a snapshot keeps a million pins as
+    /// 4-byte fds and one set, instead of a million budget references.
+    pub fn into_set(self, set: &mut PinSet) -> OwnedFd {
+        let Pin { fd, mut share } = self;
+        if let Some(b) = share.0.take() {
+            match &set.budget {
+                Some(mine) if !Arc::ptr_eq(mine, &b) => {
+                    // Another budget's pin (never, in one capture): give that share back
+                    // now rather than miscount either budget.
+                    b.release(1);
+                }
+                Some(_) => set.held += 1,
+                None => {
+                    set.budget = Some(b);
+                    set.held = 1;
+                }
+            }
+        }
+        fd
+    }
+}
+
+/// The budget shares of many pins whose fds are kept elsewhere (a snapshot's): given back
+/// all at once when the set is dropped. Its owner drops it after the fds (a struct's fields
+/// drop in order), so the budget never counts an fd as free while it is still open.
+#[derive(Debug, Default)]
+pub struct PinSet {
+    budget: Option<Arc<PinBudget>>,
+    held: usize,
+}
+
+impl Drop for PinSet {
     fn drop(&mut self) {
-        self.budget.release();
+        if let Some(b) = self.budget.take() {
+            b.release(self.held);
+        }
     }
 }
 
@@ -128,7 +174,7 @@ impl PinBudget {
                 self.in_use.fetch_add(1, Ordering::Relaxed);
                 Some(Pin {
                     fd,
-                    budget: Arc::clone(self),
+                    share: Share(Some(Arc::clone(self))),
                 })
             }
             Err(_) => {
@@ -153,7 +199,7 @@ impl PinBudget {
         self.in_use.fetch_add(1, Ordering::Relaxed);
         Pin {
             fd,
-            budget: Arc::clone(self),
+            share: Share(Some(Arc::clone(self))),
         }
     }
 
@@ -172,16 +218,18 @@ impl PinBudget {
         self.left.load(Ordering::Relaxed) == 0
     }
 
-    /// Gives back the budget of a pin that was dropped (`Pin`'s drop).
-    fn release(&self) {
-        self.in_use.fetch_sub(1, Ordering::Relaxed);
-        let repaid = self
+    /// Gives back the budget of `n` pins that were dropped (a `Pin`'s, a `PinSet`'s drop):
+    /// the overdraft first.
+    fn release(&self, n: usize) {
+        self.in_use.fetch_sub(n, Ordering::Relaxed);
+        let mut repaid = 0;
+        let _ = self
             .overdrawn
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok();
-        if !repaid {
-            self.left.fetch_add(1, Ordering::Relaxed);
-        }
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
+                repaid = o.min(n);
+                Some(o - repaid)
+            });
+        self.left.fetch_add(n - repaid, Ordering::Relaxed);
     }
 
     /// Sets aside up to `n` fds of the budget for directories held open for a while (an

@@ -14,7 +14,7 @@
 //!   one `Ino`, as they share one inode in SOURCE.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -187,14 +187,15 @@ pub struct Snapshot {
     names: Vec<u8>,
     /// Control-file bytes and symlink targets.
     inline: Vec<Arc<[u8]>>,
-    /// The node id of every node but the root, sorted, and beside it (same position) the node:
-    /// a hard-linked file appears once per path. Two arrays, not one of pairs, to save the
-    /// padding of a pair.
-    ino_keys: Vec<Ino>,
+    /// Every node but the root, sorted by node id (a hard-linked file appears once per path):
+    /// the ids themselves are the nodes' own, so they are not kept twice.
     ino_nodes: Vec<NodeIdx>,
-    /// The `O_PATH` pin of each node, by node index; `None` for directories, symlinks, inline
-    /// files and files over the pin budget.
-    pins: Vec<Option<crate::pin::Pin>>,
+    /// The pin of each node, by node index; `None` for directories, symlinks, inline files and
+    /// files over the pin budget.
+    pins: Vec<Option<OwnedFd>>,
+    /// The pins' shares of the budget: declared after `pins`, so it drops (and gives the
+    /// budget back) once every pin's fd is closed.
+    pin_set: crate::pin::PinSet,
     /// `st_dev` of SOURCE: every served file must be on it.
     pub source_dev: u64,
     pub totals: Totals,
@@ -246,6 +247,17 @@ impl Snapshot {
     /// The pinned inode of a regular-file node, if it has one.
     pub fn pin(&self, idx: NodeIdx) -> Option<BorrowedFd<'_>> {
         self.pins.get(idx.0 as usize)?.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// The node id at position `i` of the sorted index.
+    fn key(&self, i: usize) -> Ino {
+        self.node(self.ino_nodes[i]).attr.ino
+    }
+
+    /// The first position of the sorted index whose node id is not below `ino`.
+    fn first_at_least(&self, ino: Ino) -> usize {
+        self.ino_nodes
+            .partition_point(|&n| self.node(n).attr.ino < ino)
     }
 
     pub fn inline(&self, i: u32) -> &Arc<[u8]> {
@@ -312,8 +324,8 @@ impl Snapshot {
     }
 
     /// Every node id of the snapshot but the root's, in order (hard links repeat).
-    pub fn inos(&self) -> &[Ino] {
-        &self.ino_keys
+    pub fn inos(&self) -> impl Iterator<Item = Ino> + '_ {
+        self.ino_nodes.iter().map(|&n| self.node(n).attr.ino)
     }
 
     /// The node a FUSE node id names (for hard links, the first path).
@@ -321,18 +333,17 @@ impl Snapshot {
         if ino == self.root_ino {
             return Some(NodeIdx::ROOT);
         }
-        let i = self.ino_keys.partition_point(|k| *k < ino);
-        (self.ino_keys.get(i) == Some(&ino)).then(|| self.ino_nodes[i])
+        let i = self.first_at_least(ino);
+        (i < self.ino_nodes.len() && self.key(i) == ino).then(|| self.ino_nodes[i])
     }
 
     /// Every node with this node id: one per path of a hard-linked file.
     pub fn links(&self, ino: Ino) -> impl Iterator<Item = NodeIdx> + '_ {
-        let i = self.ino_keys.partition_point(|k| *k < ino);
-        self.ino_keys[i..]
+        let i = self.first_at_least(ino);
+        self.ino_nodes[i..]
             .iter()
-            .zip(&self.ino_nodes[i..])
-            .take_while(move |(k, _)| **k == ino)
-            .map(|(_, n)| *n)
+            .copied()
+            .take_while(move |&n| self.node(n).attr.ino == ino)
     }
 
     /// The children of a directory node (empty for other nodes).
@@ -511,7 +522,8 @@ impl Builder {
             if attr.ino.0 <= Ino::ROOT.0 || attr.ino.0 >= SYNTHETIC_INO {
                 attr.ino = Ino(self.snap.synthetic + u64::from(idx.0));
             }
-            self.snap.pins.push(c.pin);
+            let pin = c.pin.map(|p| p.into_set(&mut self.snap.pin_set));
+            self.snap.pins.push(pin);
             self.snap.nodes.push(Node {
                 parent: dir,
                 name_off,
@@ -527,10 +539,12 @@ impl Builder {
     }
 
     /// A builder for the snapshot of one account, captured on its own: its root is the
-    /// account's root mailbox at `base`, served under the node id `root.ino`; `account` is the
-    /// account's number and `epoch` which capture of it this is.
+    /// account's root mailbox at `base`, served under the node id `dir` (the one the view
+    /// already gives that directory); `account` is the account's number and `epoch` which
+    /// capture of it this is.
     pub fn for_account(
         base: PathBuf,
+        dir: Ino,
         root: Attr,
         source_dev: u64,
         entries: usize,
@@ -538,11 +552,7 @@ impl Builder {
         epoch: u32,
     ) -> Builder {
         let mut b = Builder::new(root, source_dev, entries);
-        b.snap.root_ino = if root.ino.0 <= Ino::ROOT.0 || root.ino.0 >= SYNTHETIC_INO {
-            Ino::ROOT
-        } else {
-            root.ino
-        };
+        b.snap.root_ino = dir;
         b.snap.base = base;
         b.snap.synthetic = synthetic_base(account);
         b.snap.epoch = epoch;
@@ -599,7 +609,6 @@ impl Builder {
                 snap.nodes[d].attr.nlink = 2 + subdirs;
             }
         }
-        snap.ino_keys = by_ino.iter().map(|(k, _)| *k).collect();
         snap.ino_nodes = by_ino.into_iter().map(|(_, n)| n).collect();
         snap.nodes.shrink_to_fit();
         snap.names.shrink_to_fit();

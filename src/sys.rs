@@ -248,6 +248,35 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
     read_dir_with(dir, &mut || ())
 }
 
+thread_local! {
+    /// Each thread's `getdents64` buffer, kept between listings: a store has a directory per
+    /// mailbox and three below it, and zeroing a fresh 64 KiB buffer for each small one was
+    /// the largest single cost of walking a store of many small accounts.
+    static DIRENT_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The thread's `getdents64` buffer while a listing uses it; handed back on drop (a nested
+/// listing meanwhile simply gets a buffer of its own).
+struct DirentBuf(Vec<u8>);
+
+impl DirentBuf {
+    const LEN: usize = 64 * 1024;
+
+    fn take() -> DirentBuf {
+        let mut b = DIRENT_BUF.take();
+        if b.len() < Self::LEN {
+            b = vec![0u8; Self::LEN];
+        }
+        DirentBuf(b)
+    }
+}
+
+impl Drop for DirentBuf {
+    fn drop(&mut self) {
+        DIRENT_BUF.set(std::mem::take(&mut self.0));
+    }
+}
+
 /// [`read_dir`], calling `batch` after each `getdents64` call (a heartbeat for the stall
 /// watchdog: a huge directory is many calls, and only one that hangs is a stall).
 pub fn read_dir_with(dir: BorrowedFd<'_>, batch: &mut dyn FnMut()) -> io::Result<Vec<DirEntry>> {
@@ -256,7 +285,8 @@ pub fn read_dir_with(dir: BorrowedFd<'_>, batch: &mut dyn FnMut()) -> io::Result
         return Err(io::Error::last_os_error());
     }
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = DirentBuf::take();
+    let buf = &mut buf.0;
     loop {
         // SAFETY: buf is writable for buf.len() bytes; getdents64 writes whole records into it.
         let n = unsafe {

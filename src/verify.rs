@@ -109,7 +109,7 @@ pub fn verify(path: &Path) -> Result<Verified> {
             }
         })
         .map_err(|e| Error::io("cannot open", path, e))?;
-    let found = crate::maildir::discover(root.as_fd(), path, false, &Selection::default(), false)?;
+    let found = crate::maildir::discover(root.as_fd(), path, false, &Selection::default())?;
     let mut v = Verified {
         path: escape_path(path),
         accounts: found.accounts.len(),

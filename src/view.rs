@@ -52,12 +52,17 @@ pub struct AccountImage {
 /// Captures accounts for the view: `mount.rs` gives the real one (discover, lock, capture,
 /// freeze), tests their own.
 pub trait Capturer: Send + Sync {
-    /// About how many pins capturing the account at `root` will take (read before any lock:
-    /// room is made for them first).
-    fn estimate(&self, root: &Path) -> usize;
-    /// Captures account `id` at `root` as its capture number `epoch`. An error makes the
-    /// account fail with `EIO` in the view, and is logged.
-    fn capture(&self, id: AccountId, root: &Path, epoch: u32) -> crate::Result<AccountImage>;
+    /// Captures account `id` at `root` as its capture number `epoch`. Before it takes any
+    /// lock or pin it calls `make_room` with about how many pins it will take, so that room
+    /// is made for them first. An error makes the account fail with `EIO` in the view, and is
+    /// logged.
+    fn capture(
+        &self,
+        id: AccountId,
+        root: &Path,
+        epoch: u32,
+        make_room: &dyn Fn(usize),
+    ) -> crate::Result<AccountImage>;
 }
 
 /// The bounds of the working set.
@@ -233,10 +238,13 @@ impl View {
     pub fn whole(snapshot: Snapshot) -> Arc<View> {
         struct Nothing;
         impl Capturer for Nothing {
-            fn estimate(&self, _: &Path) -> usize {
-                0
-            }
-            fn capture(&self, _: AccountId, root: &Path, _: u32) -> crate::Result<AccountImage> {
+            fn capture(
+                &self,
+                _: AccountId,
+                root: &Path,
+                _: u32,
+                _: &dyn Fn(usize),
+            ) -> crate::Result<AccountImage> {
                 Err(crate::Error::msg("cannot capture", root, "not an account"))
             }
         }
@@ -302,6 +310,19 @@ impl View {
             }
         }
         at.snap.ino_of(at.snap.node(at.idx).parent)
+    }
+
+    /// The node whose attributes `at` is shown with: an account's directory, once the account
+    /// is captured, is shown as its capture saw it (after its locks were released: taking and
+    /// releasing a lock changes a mailbox directory's mtime), else as the skeleton saw it.
+    pub fn shown(&self, at: At) -> At {
+        match self.deferred(&at).and_then(|id| self.ready(id)) {
+            Some(snap) => At {
+                snap,
+                idx: NodeIdx::ROOT,
+            },
+            None => at,
+        }
     }
 
     /// The account whose capture holds the contents of this directory, if that is deferred.
@@ -447,10 +468,9 @@ impl View {
                 }
             };
             let slot = &self.slots[id as usize];
-            let need = self.capturer.estimate(&slot.root);
-            self.make_room(id, need);
             let epoch = slot.captures.fetch_add(1, Ordering::Relaxed) + 1;
-            let image = self.capturer.capture(id, &slot.root, epoch);
+            let room = |need: usize| self.make_room(id, need);
+            let image = self.capturer.capture(id, &slot.root, epoch, &room);
             let image = image.map_err(|e| {
                 log::warn!("{e}; the account fails with EIO in the view");
                 libc::EIO
@@ -472,7 +492,7 @@ impl View {
             let snap = Arc::new(image.snapshot);
             {
                 let mut index = self.index.write();
-                for &ino in snap.inos() {
+                for ino in snap.inos() {
                     index
                         .entry(ino)
                         .and_modify(|a| {
@@ -569,8 +589,8 @@ impl View {
         {
             let mut index = self.index.write();
             for ino in snap.inos() {
-                if index.get(ino) == Some(&id) {
-                    index.remove(ino);
+                if index.get(&ino) == Some(&id) {
+                    index.remove(&ino);
                 }
             }
         }
@@ -632,11 +652,14 @@ mod tests {
     }
 
     impl Capturer for Fake {
-        fn estimate(&self, _root: &Path) -> usize {
-            self.files
-        }
-
-        fn capture(&self, id: AccountId, root: &Path, epoch: u32) -> crate::Result<AccountImage> {
+        fn capture(
+            &self,
+            id: AccountId,
+            root: &Path,
+            epoch: u32,
+            make_room: &dyn Fn(usize),
+        ) -> crate::Result<AccountImage> {
+            make_room(self.files);
             self.captures.lock().push((id, epoch));
             if self.fail.contains(&id) {
                 return Err(crate::Error::msg("cannot capture", root, "test"));
@@ -644,6 +667,7 @@ mod tests {
             let dir = std::fs::File::open(self.dir.path()).unwrap();
             let mut b = Builder::for_account(
                 root.to_path_buf(),
+                Ino(100 + u64::from(id)),
                 attr(100 + u64::from(id), 0, 0),
                 0,
                 self.files,

@@ -155,7 +155,7 @@ fn captured_ids(
     policy: &LockPolicy,
 ) -> BTreeMap<PathBuf, BTreeSet<String>> {
     let found =
-        maildirfs::maildir::discover(root.as_fd(), src, false, &Default::default(), false).unwrap();
+        maildirfs::maildir::discover(root.as_fd(), src, false, &Default::default()).unwrap();
     let mut out = BTreeMap::new();
     for account in &found.accounts {
         let c = capture_account(

@@ -58,15 +58,12 @@ impl Discovery {
 }
 
 /// Walks the tree under `root` (an fd on SOURCE; `source` is only for messages).
-/// Only paths that `selection` shows are searched for accounts (see `select.rs`). With
-/// `roots_only`, each account is found by its root mailbox alone (`mailboxes` holds just it),
-/// and nothing below it is read.
+/// Only paths that `selection` shows are searched for accounts (see `select.rs`).
 pub fn discover(
     root: BorrowedFd<'_>,
     source: &Path,
     exclude_indexes: bool,
     selection: &Selection,
-    roots_only: bool,
 ) -> Result<Discovery> {
     let root_dev = sys::fstat(root)
         .map_err(|e| Error::io("cannot stat source", source, e))?
@@ -76,7 +73,6 @@ pub fn discover(
         root_dev,
         exclude_indexes,
         selection,
-        roots_only,
         out: Discovery::default(),
     };
     walk.visit(root, PathBuf::new(), None, 0)?;
@@ -108,7 +104,6 @@ pub fn discover_account(
         root_dev,
         exclude_indexes,
         selection,
-        roots_only: false,
         out: Discovery::default(),
     };
     if !walk.same_fs(&dir, rel) {
@@ -142,9 +137,6 @@ struct Walk<'a> {
     root_dev: u64,
     exclude_indexes: bool,
     selection: &'a Selection,
-    /// Stop at each account's root mailbox: its other mailboxes are found when it is
-    /// captured (see [`discover_account`]).
-    roots_only: bool,
     out: Discovery,
 }
 
@@ -186,9 +178,6 @@ impl Walk<'_> {
                 self.out.accounts.len() - 1
             });
             self.out.accounts[idx].mailboxes.push(rel.clone());
-            if self.roots_only {
-                return Ok(());
-            }
             Some(idx)
         } else {
             account
@@ -303,7 +292,7 @@ mod tests {
         fs::create_dir_all(root.join("example.org/bob/mail/Archive/notes")).unwrap();
         fs::create_dir_all(root.join("example.org/carol/sieve")).unwrap();
         let fd = fs::File::open(root).unwrap();
-        let d = discover(fd.as_fd(), root, false, &Selection::default(), false).unwrap();
+        let d = discover(fd.as_fd(), root, false, &Selection::default()).unwrap();
         assert_eq!(d.accounts.len(), 2);
         assert_eq!(d.accounts[0].root, Path::new("example.org/alice/Maildir"));
         assert_eq!(
@@ -319,15 +308,7 @@ mod tests {
             ["example.org/bob/mail", "example.org/bob/mail/Archive/2024"]
         );
         assert_eq!(d.mailbox_count(), 5);
-        // Roots only: the same accounts, nothing below their roots read; each account's
-        // mailboxes are found again when it is captured.
-        let r = discover(fd.as_fd(), root, false, &Selection::default(), true).unwrap();
-        let roots: Vec<_> = r.accounts.iter().map(|a| a.root.clone()).collect();
-        assert_eq!(
-            roots,
-            [d.accounts[0].root.clone(), d.accounts[1].root.clone()]
-        );
-        assert_eq!(r.mailbox_count(), 2);
+        // Each account found again by its root alone, as an account captured on demand is.
         for a in &d.accounts {
             let again = discover_account(fd.as_fd(), root, &a.root, false, &Selection::default())
                 .unwrap()
@@ -347,7 +328,7 @@ mod tests {
         let t = crate::testutil::TempDir::new("discover1");
         mkbox(t.path());
         let fd = fs::File::open(t.path()).unwrap();
-        let d = discover(fd.as_fd(), t.path(), false, &Selection::default(), false).unwrap();
+        let d = discover(fd.as_fd(), t.path(), false, &Selection::default()).unwrap();
         assert_eq!(d.accounts.len(), 1);
         assert_eq!(d.accounts[0].root, Path::new(""));
     }
@@ -359,7 +340,7 @@ mod tests {
         mkbox(elsewhere.path());
         std::os::unix::fs::symlink(elsewhere.path(), t.path().join("link")).unwrap();
         let fd = fs::File::open(t.path()).unwrap();
-        let d = discover(fd.as_fd(), t.path(), false, &Selection::default(), false).unwrap();
+        let d = discover(fd.as_fd(), t.path(), false, &Selection::default()).unwrap();
         assert!(d.accounts.is_empty());
     }
 }
