@@ -247,13 +247,15 @@ pub fn capture_tree_with(
              it cannot check our pid and may override our locks; use --lock-host NAME"
         );
     }
+    let budget = Arc::new(PinBudget::for_working_set(opts.working_set));
     let at = Start {
         root,
         source,
         opts,
         progress,
         policy,
-        budget: Arc::new(PinBudget::for_working_set(opts.working_set)),
+        working_set: budget.left(),
+        budget,
         started,
         started_at: crate::logging::utc_now(),
     };
@@ -271,6 +273,8 @@ struct Start<'a> {
     progress: &'a Arc<capture::Progress>,
     policy: LockPolicy,
     budget: Arc<PinBudget>,
+    /// The budget's pins before anything was captured: the working set's size.
+    working_set: usize,
     started: Instant,
     started_at: String,
 }
@@ -328,7 +332,7 @@ impl Start<'_> {
             on_demand,
             elapsed: self.started.elapsed(),
             fd_limit: self.budget.limit,
-            working_set: self.budget.left(),
+            working_set: self.working_set,
             selected: !self.opts.selection.is_all(),
         }
     }
@@ -442,12 +446,12 @@ impl Start<'_> {
         let failed: Vec<AccountId> = stalled.iter().filter_map(|r| ids.get(r).copied()).collect();
         let limits = Limits {
             entries: self
-                .budget
-                .left()
+                .working_set
                 .saturating_mul(ENTRIES_PER_PIN)
                 .max(MIN_ENTRIES),
             min_idle: min_idle(),
             evict: true,
+            ahead: true,
         };
         let left = roots.len() - accounts.len() - failed.len();
         totals.accounts = roots.len();
@@ -1197,25 +1201,34 @@ pub fn summary_line(checked: &Checked, c: &Captured) -> String {
     } else {
         ""
     };
-    let mut line = format!(
-        "mounted {} on {}: {} accounts{chosen}, {} mailboxes, {} messages, {} in {:.2} s; {hold}; {locks}",
-        escape_path(&checked.source),
-        escape_path(&checked.mountpoint),
-        t.accounts,
-        t.mailboxes,
-        t.messages,
-        human_bytes(t.bytes),
-        c.elapsed.as_secs_f64(),
-    );
-    if c.on_demand > 0 {
-        line.push_str(&format!(
-            "; {} of {} accounts captured at mount, {} left to capture when first read (working set {} files)",
-            c.accounts.len(),
+    // With accounts left for later, the counts are of those captured at mount.
+    let counted = if c.on_demand > 0 {
+        format!(
+            "{} accounts{chosen}, {} captured at mount ({} mailboxes, {} messages, {}), {} left to \
+             capture when first read (working set {} files)",
             t.accounts,
+            c.accounts.len(),
+            t.mailboxes,
+            t.messages,
+            human_bytes(t.bytes),
             c.on_demand,
             c.working_set
-        ));
-    }
+        )
+    } else {
+        format!(
+            "{} accounts{chosen}, {} mailboxes, {} messages, {}",
+            t.accounts,
+            t.mailboxes,
+            t.messages,
+            human_bytes(t.bytes)
+        )
+    };
+    let mut line = format!(
+        "mounted {} on {}: {counted} in {:.2} s; {hold}; {locks}",
+        escape_path(&checked.source),
+        escape_path(&checked.mountpoint),
+        c.elapsed.as_secs_f64(),
+    );
     if t.unpinned == 0 {
         line.push_str(&format!("; all {} files pinned", t.pinned));
     } else {

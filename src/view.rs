@@ -75,6 +75,11 @@ pub struct Limits {
     pub min_idle: Duration,
     /// Whether accounts may leave the working set at all (`--capture at-mount`: never).
     pub evict: bool,
+    /// Whether the next account (in the order found) is captured ahead of a reader: when an
+    /// account is first needed, and when a reader first comes to one captured ahead, so that
+    /// a backup walking account by account finds the next one ready (the capture runs on
+    /// another thread while the reader reads this one).
+    pub ahead: bool,
 }
 
 /// What the kernel must forget of an account that left the working set.
@@ -114,6 +119,8 @@ struct Slot {
     captures: AtomicU32,
     /// How many pins its last capture held.
     pins: AtomicUsize,
+    /// Captured ahead of a reader and not used since.
+    ahead: std::sync::atomic::AtomicBool,
 }
 
 /// Counters for the summary, `status` and the umount line.
@@ -202,6 +209,7 @@ impl View {
                 last_used: AtomicU64::new(0),
                 captures: AtomicU32::new(0),
                 pins: AtomicUsize::new(0),
+                ahead: std::sync::atomic::AtomicBool::new(false),
             })
             .collect();
         let view = Arc::new(View {
@@ -252,6 +260,7 @@ impl View {
             entries: usize::MAX,
             min_idle: Duration::MAX,
             evict: false,
+            ahead: false,
         };
         View::new(
             snapshot,
@@ -346,6 +355,10 @@ impl View {
                 let snap = Arc::clone(snap);
                 drop(state);
                 self.touch(id);
+                if slot.ahead.swap(false, Ordering::Relaxed) {
+                    // A reader has come to an account captured ahead of it: keep one ahead.
+                    self.capture_ahead(id);
+                }
                 then(Ok(snap));
             }
             State::Failed(e) => {
@@ -353,12 +366,38 @@ impl View {
                 drop(state);
                 then(Err(e));
             }
-            State::Capturing(waiters) => waiters.push(then),
+            State::Capturing(waiters) => {
+                waiters.push(then);
+                drop(state);
+                if slot.ahead.swap(false, Ordering::Relaxed) {
+                    self.capture_ahead(id);
+                }
+            }
             State::Idle => {
                 *state = State::Capturing(vec![then]);
                 drop(state);
                 self.start(id);
+                self.capture_ahead(id);
             }
+        }
+    }
+
+    /// Starts capturing the account after `id` (in the order found), if it is not in the
+    /// working set and the budget has pins left (see [`Limits::ahead`]).
+    fn capture_ahead(self: &Arc<Self>, id: AccountId) {
+        if !self.limits.ahead || self.budget.left() == 0 {
+            return;
+        }
+        let next = id + 1;
+        let Some(slot) = self.slots.get(next as usize) else {
+            return;
+        };
+        let mut state = slot.state.lock();
+        if matches!(*state, State::Idle) {
+            *state = State::Capturing(Vec::new());
+            slot.ahead.store(true, Ordering::Relaxed);
+            drop(state);
+            self.start(next);
         }
     }
 
@@ -514,6 +553,15 @@ impl View {
             let mut state = slot.state.lock();
             let next = match &result {
                 Ok(snap) => State::Ready(Arc::clone(snap)),
+                // Captured ahead and failed, with nobody waiting: not this account's verdict
+                // yet; a reader's own request captures it again and gets the error itself.
+                Err(_)
+                    if slot.ahead.swap(false, Ordering::Relaxed)
+                        && matches!(&*state, State::Capturing(w) if w.is_empty()) =>
+                {
+                    slot.captures.fetch_sub(1, Ordering::Relaxed);
+                    State::Idle
+                }
                 Err(e) => State::Failed(*e),
             };
             match std::mem::replace(&mut *state, next) {
@@ -700,6 +748,17 @@ mod tests {
         min_idle: Duration,
         ino: fn(AccountId, usize, u32) -> u64,
     ) -> (Arc<View>, Arc<Fake>) {
+        view_ahead(accounts, files, pins, min_idle, ino, false)
+    }
+
+    fn view_ahead(
+        accounts: u32,
+        files: usize,
+        pins: usize,
+        min_idle: Duration,
+        ino: fn(AccountId, usize, u32) -> u64,
+        ahead: bool,
+    ) -> (Arc<View>, Arc<Fake>) {
         let dir = crate::testutil::TempDir::new("view");
         std::fs::write(dir.path().join("file"), b"0123456789").unwrap();
         let budget = PinBudget::fixed(pins);
@@ -732,6 +791,7 @@ mod tests {
             entries: usize::MAX,
             min_idle,
             evict: true,
+            ahead,
         };
         let capturer: Arc<dyn Capturer> = Arc::clone(&fake) as Arc<dyn Capturer>;
         let v = View::new(
@@ -822,6 +882,39 @@ mod tests {
         let c = v.counts();
         assert_eq!((c.captured, c.recaptured, c.evictions), (2, 1, 2));
         assert_eq!(*fake.captures.lock(), [(0, 1), (1, 1), (0, 2)]);
+    }
+
+    #[test]
+    fn the_next_account_is_captured_ahead_of_a_reader() {
+        let (v, fake) = view_ahead(4, 2, 100, Duration::from_secs(3600), stable, true);
+        let ready = |id: AccountId| {
+            let v = Arc::clone(&v);
+            move || v.ready(id).is_some()
+        };
+        let wait = |f: &dyn Fn() -> bool| {
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            while !f() && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            f()
+        };
+        v.account(0).unwrap();
+        assert!(wait(&ready(1)), "account 1 was not captured ahead");
+        // A reader coming to account 1 finds it ready and sends the capture one further.
+        v.account(1).unwrap();
+        assert!(wait(&ready(2)), "account 2 was not captured ahead");
+        assert!(v.ready(3).is_none(), "more than one account ahead");
+        let mut seen = fake.captures.lock().clone();
+        seen.sort_unstable();
+        assert_eq!(seen, [(0, 1), (1, 1), (2, 1)], "each captured once");
+        // The last account (3) fails (the fake fails it): captured ahead, it is not failed
+        // for the reader, who gets the error from its own capture.
+        v.account(2).unwrap();
+        assert!(wait(&|| fake.captures.lock().len() == 4));
+        assert!(wait(&|| matches!(*v.slots[3].state.lock(), State::Idle)));
+        assert_eq!(v.counts().failed, 0);
+        assert_eq!(v.account(3).unwrap_err(), libc::EIO);
+        assert_eq!(v.counts().failed, 1);
     }
 
     #[test]

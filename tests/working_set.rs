@@ -466,8 +466,10 @@ fn a_node_gone_from_the_working_set_fails_with_estale_never_other_bytes() {
     f.read_exact_at(&mut head, 0).unwrap();
     assert_eq!(&head[..], &big[..4096]);
     let dirs = accounts_in(&m.mnt);
+    // Listing other accounts captures them; with no idle time any account may leave meanwhile
+    // (even one being listed: that listing may then fail, which this test does not mind).
     for d in &dirs[1..4] {
-        message_files(d);
+        let _ = std::fs::read_dir(d.join("cur")).map(|r| r.count());
     }
     assert!(wait_field(&m.mnt, "evictions", |n| n >= 1) >= 1);
     let mut tail = vec![0u8; 4096];
