@@ -189,6 +189,10 @@ impl MaildirFs {
     ) -> Result<(Fh, Option<Arc<BackingId>>), Errno> {
         let at = self.node(ino)?;
         let opened = self.source.open(&at.snap, at.idx).map_err(|e| e.errno())?;
+        // The kernel reads the backing file itself, and no READ reaches us: an opened file
+        // counts as read for the working set (the backing fd keeps it readable whatever
+        // becomes of the account).
+        at.snap.mark_read(at.idx);
         let fh = Fh(self.next_fh.fetch_add(1, Ordering::Relaxed));
         let key = (Ino(ino.0), at.snap.generation(at.idx));
         let mut b = self.backing.lock();

@@ -121,6 +121,9 @@ struct Slot {
     pins: AtomicUsize,
     /// Captured ahead of a reader and not used since.
     ahead: std::sync::atomic::AtomicBool,
+    /// How many of its captures succeeded (the counts say captured, and captured again, by
+    /// this; `captures` also counts those running and failed).
+    done: AtomicU32,
 }
 
 /// Counters for the summary, `status` and the umount line.
@@ -210,6 +213,7 @@ impl View {
                 captures: AtomicU32::new(0),
                 pins: AtomicUsize::new(0),
                 ahead: std::sync::atomic::AtomicBool::new(false),
+                done: AtomicU32::new(0),
             })
             .collect();
         let view = Arc::new(View {
@@ -424,7 +428,9 @@ impl View {
             ..Counts::default()
         };
         for s in &self.slots {
-            match s.captures.load(Ordering::Relaxed) {
+            let failed = matches!(&*s.state.lock(), State::Failed(_));
+            match s.done.load(Ordering::Relaxed) {
+                0 if failed => c.failed += 1,
                 0 => c.never += 1,
                 1 => c.captured += 1,
                 _ => {
@@ -432,10 +438,8 @@ impl View {
                     c.recaptured += 1;
                 }
             }
-            match &*s.state.lock() {
-                State::Ready(_) => c.held += 1,
-                State::Failed(_) => c.failed += 1,
-                _ => {}
+            if matches!(&*s.state.lock(), State::Ready(_)) {
+                c.held += 1;
             }
         }
         c
@@ -449,6 +453,15 @@ impl View {
     /// Bytes of the files of the skeleton and of every captured account now.
     pub fn bytes(&self) -> u64 {
         self.skeleton.totals.bytes + self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether account `id` is captured and every file of it has been read to its end (looked
+    /// at in place: a reference taken here could be the last, and close its pins under the
+    /// caller's lock).
+    fn read_through(&self, id: AccountId) -> bool {
+        self.slots
+            .get(id as usize)
+            .is_some_and(|s| matches!(&*s.state.lock(), State::Ready(snap) if snap.all_read()))
     }
 
     fn ready(&self, id: AccountId) -> Option<Arc<Snapshot>> {
@@ -488,7 +501,11 @@ impl View {
             .spawn(move || view.capture_queued());
         if let Err(e) = spawned {
             log::error!("cannot start a capture thread: {e}");
-            self.queue.lock().1 -= 1;
+            {
+                let mut q = self.queue.lock();
+                q.1 -= 1;
+                q.0.retain(|&queued| queued != id);
+            }
             self.install(id, Err(libc::EAGAIN));
         }
     }
@@ -509,11 +526,24 @@ impl View {
             let slot = &self.slots[id as usize];
             let epoch = slot.captures.fetch_add(1, Ordering::Relaxed) + 1;
             let room = |need: usize| self.make_room(id, need);
-            let image = self.capturer.capture(id, &slot.root, epoch, &room);
-            let image = image.map_err(|e| {
-                log::warn!("{e}; the account fails with EIO in the view");
-                libc::EIO
-            });
+            // A panic in a capture must still answer the requests waiting for it.
+            let image = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.capturer.capture(id, &slot.root, epoch, &room)
+            }));
+            let image = match image {
+                Ok(Ok(image)) => Ok(image),
+                Ok(Err(e)) => {
+                    log::warn!("{e}; the account fails with EIO in the view");
+                    Err(libc::EIO)
+                }
+                Err(_) => {
+                    log::error!(
+                        "the capture of {} failed (panic); the account fails with EIO in the view",
+                        escape_path(&slot.root)
+                    );
+                    Err(libc::EIO)
+                }
+            };
             self.install(id, image);
         }
     }
@@ -546,6 +576,7 @@ impl View {
             self.bytes.fetch_add(snap.totals.bytes, Ordering::Relaxed);
             slot.pins.store(snap.totals.pinned, Ordering::Relaxed);
             slot.last_used.store(self.now_ms(), Ordering::Relaxed);
+            slot.done.fetch_add(1, Ordering::Relaxed);
             self.lru.lock().put(id, ());
             snap
         });
@@ -559,7 +590,9 @@ impl View {
                     if slot.ahead.swap(false, Ordering::Relaxed)
                         && matches!(&*state, State::Capturing(w) if w.is_empty()) =>
                 {
-                    slot.captures.fetch_sub(1, Ordering::Relaxed);
+                    let _ = slot
+                        .captures
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
                     State::Idle
                 }
                 Err(e) => State::Failed(*e),
@@ -603,7 +636,7 @@ impl View {
             let victim = {
                 let lru = self.lru.lock();
                 let candidates = || lru.iter().rev().map(|(a, _)| *a).filter(|&a| a != for_id);
-                let read = candidates().find(|&a| self.ready(a).is_some_and(|s| s.all_read()));
+                let read = candidates().find(|&a| self.read_through(a));
                 read.or_else(|| {
                     candidates().find(|&a| {
                         let last = self.slots[a as usize].last_used.load(Ordering::Relaxed);
@@ -859,9 +892,10 @@ mod tests {
         // A failed capture makes the account fail, and is counted.
         assert_eq!(v.account(3).unwrap_err(), libc::EIO);
         let c = v.counts();
+        // Captured, never, evicted, held, failed: the failed one is not counted as captured.
         assert_eq!(
             (c.captured, c.never, c.evictions, c.held, c.failed),
-            (4, 0, 1, 2, 1)
+            (3, 0, 1, 2, 1)
         );
         assert_eq!(fake.captures.lock().len(), 4);
     }

@@ -135,7 +135,12 @@ fn a_hundred_mount_cycles_leave_no_mount_lock_state_or_fd_behind() {
     for _ in 0..100 {
         capture();
     }
-    assert_eq!(fd_count(), fds, "fds grew");
+    // The lock registry's touch thread may hold a just-released lock's fd for a moment.
+    assert!(
+        wait_for(std::time::Duration::from_secs(2), || fd_count() == fds),
+        "fds grew from {fds} to {}",
+        fd_count()
+    );
     assert!(
         rss_kib() < rss + 4096,
         "memory grew from {rss} KiB to {} KiB",
