@@ -20,7 +20,7 @@ use crate::options::MountOptions;
 use crate::pin::PinBudget;
 use crate::report::{AccountHold, Live, MountReport};
 use crate::runtime::{self, StateFile};
-use crate::snapshot::{Ino, NodeIdx, Totals};
+use crate::snapshot::{Ino, Totals};
 use crate::source::Source;
 use crate::sys;
 use crate::view::{AccountId, AccountImage, Capturer, Limits, View};
@@ -388,14 +388,11 @@ impl Start<'_> {
             self.started.elapsed().as_secs_f64()
         );
         // The node id the view gives each account's directory.
-        let mut dirs = vec![Ino::ROOT; roots.len()];
-        for i in 0..skeleton.len() as u32 {
-            if let Some(a) = skeleton.deferred(NodeIdx(i))
-                && let Some(d) = dirs.get_mut(a as usize)
-            {
-                *d = skeleton.ino_of(NodeIdx(i));
-            }
-        }
+        let dirs: Vec<Ino> = skeleton
+            .deferred_dirs(roots.len())
+            .into_iter()
+            .map(|d| skeleton.ino_of(d))
+            .collect();
         // The accounts that fit, each found whole now (its folders) and estimated before any
         // lock; the first that does not fit ends the list, and the first is always taken (the
         // working set always holds one, with the pins there are).
@@ -450,7 +447,6 @@ impl Start<'_> {
                 .saturating_mul(ENTRIES_PER_PIN)
                 .max(MIN_ENTRIES),
             min_idle: min_idle(),
-            evict: true,
             ahead: true,
         };
         let left = roots.len() - accounts.len() - failed.len();

@@ -323,6 +323,18 @@ impl Snapshot {
         self.files_read.load(Ordering::Relaxed) >= self.files
     }
 
+    /// The directory of each of `accounts` accounts whose contents are deferred (the root for
+    /// an account not found here).
+    pub fn deferred_dirs(&self, accounts: usize) -> Vec<NodeIdx> {
+        let mut dirs = vec![NodeIdx::ROOT; accounts];
+        for &(node, account) in &self.deferred {
+            if let Some(d) = dirs.get_mut(account as usize) {
+                *d = node;
+            }
+        }
+        dirs
+    }
+
     /// Every node id of the snapshot but the root's, in order (hard links repeat).
     pub fn inos(&self) -> impl Iterator<Item = Ino> + '_ {
         self.ino_nodes.iter().map(|&n| self.node(n).attr.ino)

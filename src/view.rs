@@ -73,8 +73,6 @@ pub struct Limits {
     /// An account used more recently than this is never evicted: a directory being listed,
     /// or a file being read, is not cut in two.
     pub min_idle: Duration,
-    /// Whether accounts may leave the working set at all (`--capture at-mount`: never).
-    pub evict: bool,
     /// Whether the next account (in the order found) is captured ahead of a reader: when an
     /// account is first needed, and when a reader first comes to one captured ahead, so that
     /// a backup walking account by account finds the next one ready (the capture runs on
@@ -194,14 +192,7 @@ impl View {
         budget: Arc<PinBudget>,
         limits: Limits,
     ) -> Arc<View> {
-        let mut nodes = vec![NodeIdx::ROOT; roots.len()];
-        for i in 0..skeleton.len() as u32 {
-            if let Some(a) = skeleton.deferred(NodeIdx(i))
-                && let Some(n) = nodes.get_mut(a as usize)
-            {
-                *n = NodeIdx(i);
-            }
-        }
+        let nodes = skeleton.deferred_dirs(roots.len());
         let slots = roots
             .into_iter()
             .zip(nodes)
@@ -263,7 +254,6 @@ impl View {
         let limits = Limits {
             entries: usize::MAX,
             min_idle: Duration::MAX,
-            evict: false,
             ahead: false,
         };
         View::new(
@@ -619,9 +609,6 @@ impl View {
     /// last `min_idle`. What cannot be made room for is captured with the pins left (the
     /// rest is served by re-resolution).
     fn make_room(&self, for_id: AccountId, need: usize) {
-        if !self.limits.evict {
-            return;
-        }
         loop {
             let short_of_pins = self.budget.left() < need;
             let entries = self.entries.load(Ordering::Relaxed) + need;
@@ -823,7 +810,6 @@ mod tests {
         let limits = Limits {
             entries: usize::MAX,
             min_idle,
-            evict: true,
             ahead,
         };
         let capturer: Arc<dyn Capturer> = Arc::clone(&fake) as Arc<dyn Capturer>;

@@ -65,16 +65,7 @@ pub fn discover(
     exclude_indexes: bool,
     selection: &Selection,
 ) -> Result<Discovery> {
-    let root_dev = sys::fstat(root)
-        .map_err(|e| Error::io("cannot stat source", source, e))?
-        .st_dev;
-    let mut walk = Walk {
-        source,
-        root_dev,
-        exclude_indexes,
-        selection,
-        out: Discovery::default(),
-    };
+    let mut walk = Walk::new(root, source, exclude_indexes, selection)?;
     walk.visit(root, PathBuf::new(), None, 0)?;
     Ok(walk.finish())
 }
@@ -89,9 +80,7 @@ pub fn discover_account(
     exclude_indexes: bool,
     selection: &Selection,
 ) -> Result<Option<Account>> {
-    let root_dev = sys::fstat(root)
-        .map_err(|e| Error::io("cannot stat source", source, e))?
-        .st_dev;
+    let mut walk = Walk::new(root, source, exclude_indexes, selection)?;
     let flags = libc::O_RDONLY | libc::O_DIRECTORY;
     let dir = if rel.as_os_str().is_empty() {
         root.try_clone_to_owned()
@@ -99,13 +88,6 @@ pub fn discover_account(
         sys::open_beneath(root, rel.as_os_str(), flags)
     }
     .map_err(|e| Error::io("cannot open account", source.join(rel), e))?;
-    let mut walk = Walk {
-        source,
-        root_dev,
-        exclude_indexes,
-        selection,
-        out: Discovery::default(),
-    };
     if !walk.same_fs(&dir, rel) {
         return Ok(None);
     }
@@ -114,7 +96,26 @@ pub fn discover_account(
     Ok(found.accounts.into_iter().find(|a| a.root == rel))
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    /// A walk of the tree on SOURCE's filesystem (`root`).
+    fn new(
+        root: BorrowedFd<'_>,
+        source: &'a Path,
+        exclude_indexes: bool,
+        selection: &'a Selection,
+    ) -> Result<Walk<'a>> {
+        let root_dev = sys::fstat(root)
+            .map_err(|e| Error::io("cannot stat source", source, e))?
+            .st_dev;
+        Ok(Walk {
+            source,
+            root_dev,
+            exclude_indexes,
+            selection,
+            out: Discovery::default(),
+        })
+    }
+
     /// Sorts what was found: mailboxes in lock order, accounts by path.
     fn finish(mut self) -> Discovery {
         for account in &mut self.out.accounts {
