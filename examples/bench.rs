@@ -13,6 +13,9 @@
 #[path = "gen_maildir.rs"]
 mod gen_maildir;
 
+#[path = "shared/lock_watch.rs"]
+mod lock_watch;
+
 /// The tests' helpers: where a mount's server is.
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -83,10 +86,15 @@ impl Work {
     }
 
     fn mount(&self, src: &Path) -> (Duration, String) {
+        self.mount_with(src, &[])
+    }
+
+    fn mount_with(&self, src: &Path, args: &[&str]) -> (Duration, String) {
         let t = Instant::now();
         let out = Command::new(&self.bin)
             .arg("mount")
             .args(&self.extra)
+            .args(args)
             .arg(src)
             .arg(self.mnt())
             .stdin(Stdio::null())
@@ -235,14 +243,6 @@ fn rsync(from: &Path, to: &Path) {
     );
 }
 
-/// "longest lock hold 10 ms (example0.org/user0020/Maildir; ..." -> (10.0, account path).
-fn parse_hold(summary: &str) -> Option<(f64, String)> {
-    let rest = summary.split("longest lock hold ").nth(1)?;
-    let (ms, rest) = rest.split_once(" ms (")?;
-    let acct = rest.split([';', ')']).next()?.to_owned();
-    Some((ms.parse().ok()?, acct))
-}
-
 fn server_peak_rss_kib(mnt: &Path) -> Option<u64> {
     let pid = common::server_pid(mnt)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -330,22 +330,9 @@ fn main() {
         list(&src);
     });
     let mut mounts = Vec::new();
-    let mut holds = Vec::new();
     for _ in 0..runs {
-        let (t, summary) = work.mount(&src);
+        let (t, _) = work.mount(&src);
         mounts.push(t.as_secs_f64());
-        if let Some((ms, acct)) = parse_hold(&summary) {
-            let (files, _) = list(&src.join(&acct));
-            let msgs = files
-                .iter()
-                .filter(|f| {
-                    f.parent()
-                        .is_some_and(|d| d.ends_with("cur") || d.ends_with("new"))
-                })
-                .count()
-                .max(1);
-            holds.push(ms * 1000.0 / msgs as f64);
-        }
         work.umount();
     }
     let view = stat(mounts);
@@ -356,15 +343,46 @@ fn main() {
         "≤ 2.0",
         2.0,
     ));
-    let hold = stat(holds);
-    rows.push(Row {
-        measure: "longest lock hold of any account, per 1,000 messages of that account".into(),
-        direct: "–".into(),
-        view: format!("{:.2} ms [{:.2}–{:.2}]", hold.med, hold.min, hold.max),
-        ratio: hold.med,
-        goal: "≤ 3 ms",
-        met: hold.med <= 3.0,
-    });
+
+    // Lock holds as Dovecot sees them (inotify), every account captured at mount.
+    let (boxes, accounts) = lock_watch::mailboxes(&src);
+    let scratch = work.dir.join("lock-watch");
+    std::fs::create_dir_all(&scratch).expect("mkdir");
+    for cold in [false, true] {
+        let mut worst = Vec::new();
+        for _ in 0..runs {
+            if cold && !drop_caches() {
+                break;
+            }
+            let watch = lock_watch::LockWatch::start(&boxes, &scratch).expect("inotify");
+            work.mount_with(&src, &["--capture", "at-mount"]);
+            let holds = watch.stop();
+            work.umount();
+            if let Some((ms, account)) = lock_watch::worst_per_1000(&holds, &accounts) {
+                eprintln!(
+                    "bench: longest hold {ms:.3} ms per 1,000 messages ({})",
+                    account.strip_prefix(&src).unwrap_or(&account).display()
+                );
+                worst.push(ms);
+            }
+        }
+        if worst.is_empty() {
+            continue;
+        }
+        let hold = stat(worst);
+        rows.push(Row {
+            measure: format!(
+                "longest lock hold of any account, per 1,000 messages of that account, seen \
+                 from outside (inotify), whole tree at mount{}",
+                if cold { ", caches dropped" } else { ", warm" }
+            ),
+            direct: "–".into(),
+            view: format!("{:.2} ms [{:.2}–{:.2}]", hold.med, hold.min, hold.max),
+            ratio: hold.med,
+            goal: "≤ 1 ms",
+            met: hold.med <= 1.0,
+        });
+    }
 
     // Reads through one mount.
     let (_, summary) = work.mount(&src);

@@ -10,10 +10,16 @@
 //! procmail never lock) nor MUAs that rename without a lock, so the check is what catches
 //! them. A listing that never settles keeps the union of base names seen.
 //!
-//! The costly part of a listing is opening a pin per file, so that is done *before* the locks
-//! are taken ([`prepin`]; it warms the caches too): under the locks each listed (name, inode)
-//! is confirmed against its pre-pin, only names that are new get a pin, and a pre-pin whose
-//! name is gone or names another inode now is dropped. The lock is held for a listing.
+//! The costly parts, listing (about 1 µs an entry on ext4) and opening a pin per file, are done
+//! *before* the locks are taken ([`prepin`]; it warms the caches too), with the listing check,
+//! and the control files are read then. Under the locks, a mailbox whose `new/` and `cur/`
+//! have the same stamps as when they were listed, and whose control files are the same files
+//! with the same stamps, is taken as read: a change since shows in a ctime, given that none
+//! had changed for [`QUIET`] before the read began (file times lag the clock by a tick) and
+//! the filesystem is local. A mailbox that changed is listed again under the locks: each
+//! listed (name, inode) is confirmed against its pre-pin, only names that are new get a pin,
+//! and a pre-pin whose name is gone or names another inode now is dropped. So the locks are
+//! held for a few `fstat`s per mailbox, or a listing of those that changed.
 //!
 //! Everything else (stat, reading other files) happens in `freeze` after the locks are gone.
 //!
@@ -97,6 +103,16 @@ pub struct ControlFile {
     pub content: ControlContent,
     /// The file's `fstat` when captured; for a pinned one, its size is the captured length.
     pub stat: sys::Stat,
+}
+
+impl ControlFile {
+    /// The bytes it holds in memory (none when pinned).
+    fn inline_len(&self) -> usize {
+        match &self.content {
+            ControlContent::Inline(bytes) => bytes.len(),
+            ControlContent::Pinned(_) => 0,
+        }
+    }
 }
 
 /// Where a control file's captured bytes are.
@@ -362,9 +378,10 @@ fn capture_set(
     while why_unlocked.is_none() {
         cancelled(source)?;
         stalled(source, account, watch)?;
+        // A hold runs from the first lock created to the last removed, as Dovecot sees it.
+        let started = Instant::now();
         match lock_all(dirs, source, &content, watch) {
             Ok(LockRound::All(locks)) => {
-                let started = Instant::now();
                 let listed = list_all(dirs, source, budget, watch, &mut prepinned);
                 if !policy.test_hold.is_zero() {
                     hold_for_test(policy.test_hold, source, watch)?;
@@ -659,7 +676,34 @@ fn capture_mailbox_with(
     let new = open_messages_dir(dir, path, names::NEW, &mut unreadable)?;
     let cur = open_messages_dir(dir, path, names::CUR, &mut unreadable)?;
     watch.beat();
-    let (control, left_out) = read_control_files(dir, path, control, watch);
+    let mut pre = pre;
+    let (control, left_out) = match pre.as_mut().and_then(|p| p.unchanged_control(dir, control)) {
+        Some(files) => (files, Vec::new()),
+        None => read_control_files(dir, path, control, watch, log::Level::Warn),
+    };
+    if let Some(listing) = pre
+        .as_mut()
+        .and_then(|p| p.unchanged_listing(&new, &cur, path))
+    {
+        return Ok(MailboxCapture {
+            control,
+            new: listing.new,
+            cur: listing.cur,
+            settled: true,
+            pin_time: Duration::ZERO,
+            unreadable,
+            left_out,
+        });
+    }
+    if let Some(p) = pre.as_mut() {
+        if p.listing.is_some() || p.by_name.iter().any(|m| !m.is_empty()) {
+            log::debug!(
+                "{} changed since it was read before its lock; listing it again",
+                crate::error::escape_path(path)
+            );
+        }
+        p.index();
+    }
     let mut union: HashMap<Vec<u8>, (bool, Listed)> = HashMap::new();
     for _ in 0..MAX_LISTINGS {
         let before = (dir_stamp(&new, path)?, dir_stamp(&cur, path)?);
@@ -779,13 +823,24 @@ fn pin_listed(
     m.pin_time = started.elapsed();
 }
 
-/// One mailbox's files pinned before its lock was taken. The pins it still holds close (and
-/// give back their budget) when it drops, which the capture lets happen after the locks are
-/// released: closing the last fd of a message expunged meanwhile frees its blocks, work that
-/// has no place under a lock.
+/// One mailbox as read before its lock was taken: its listing with the files pinned, and its
+/// control files. Under the lock, what has not changed since (the same directory and file
+/// stamps, see [`Quiet`]) is taken as it is, and the lock is held for a few `fstat`s; what
+/// has changed is listed or read again, the pins confirmed by (name, inode). The pins it still
+/// holds close (and give back their budget) when it drops, which the capture lets happen after
+/// the locks are released: closing the last fd of a message expunged meanwhile frees its
+/// blocks, work that has no place under a lock.
 #[derive(Debug, Default)]
 struct PrePinned {
-    /// By directory (`new/` 0, `cur/` 1) and name: the inode the pin holds, and the pin.
+    /// The listing before the lock, if it passed the listing check in a quiet directory.
+    listing: Option<PreListing>,
+    /// The control files read before the lock, if every one was read whole from a quiet file
+    /// (or is absent) and none was left out.
+    control: Option<Vec<ControlFile>>,
+    /// When the read began, less [`QUIET`].
+    quiet: Quiet,
+    /// By directory (`new/` 0, `cur/` 1) and name: the inode the pin holds, and the pin
+    /// (filled by [`PrePinned::index`] when the listing has to be made again).
     by_name: [HashMap<Vec<u8>, (u64, Pin)>; 2],
     /// By directory and inode: the name pinned, to confirm a file renamed (a flag change,
     /// `new/` to `cur/`) while the lock was waited for, without opening it again.
@@ -794,7 +849,113 @@ struct PrePinned {
     stale: Vec<Pin>,
 }
 
+/// A listing made before the lock: `new/` and `cur/` with their stamps (the same before and
+/// after it) and each file's pin where the budget allowed.
+#[derive(Debug)]
+struct PreListing {
+    stamps: (DirStamp, DirStamp),
+    new: Vec<Listed>,
+    cur: Vec<Listed>,
+}
+
+/// How long a directory or control file must have been left alone, before its read began,
+/// for the read to stand for one under the lock when the file's stamps are the same then.
+/// File times come from a clock that may lag the change by a tick, or be stepped back a
+/// little; a change after the read began has a ctime after `began - QUIET`, so it shows.
+const QUIET: Duration = Duration::from_secs(1);
+
+/// A wall-clock time (s, ns) as file times give it: a file whose ctime is before it has not
+/// changed since [`QUIET`] before a read began.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Quiet(i64, i64);
+
+impl Quiet {
+    fn before_now() -> Quiet {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(QUIET);
+        Quiet(t.as_secs() as i64, i64::from(t.subsec_nanos()))
+    }
+
+    /// Whether `st` was last changed before this time.
+    fn holds(self, st: &sys::Stat) -> bool {
+        Quiet(st.st_ctime, st.st_ctime_nsec) < self
+    }
+}
+
+/// Filesystems whose `fstat` shows every change of a directory or file at once, in its
+/// ctime: local ones (a network filesystem's attributes may be cached). Elsewhere every
+/// mailbox is listed and read again under its lock.
+fn stamps_are_live(fd: BorrowedFd<'_>) -> bool {
+    const LOCAL: &[i64] = &[
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x2FC1_2FC1, // zfs
+        0xF2F5_2010, // f2fs
+    ];
+    sys::fs_type(fd).is_ok_and(|t| LOCAL.contains(&t))
+}
+
 impl PrePinned {
+    /// The listing made before the lock, if `new` and `cur` (opened under it) are the same
+    /// directories with the same stamps: nothing was added, removed or renamed in them since.
+    fn unchanged_listing(
+        &mut self,
+        new: &Option<OwnedFd>,
+        cur: &Option<OwnedFd>,
+        path: &Path,
+    ) -> Option<PreListing> {
+        let l = self.listing.as_ref()?;
+        let now = (dir_stamp(new, path).ok()?, dir_stamp(cur, path).ok()?);
+        (new.is_some() && cur.is_some() && now == l.stamps).then(|| self.listing.take())?
+    }
+
+    /// The control files read before the lock, if each is still the same file with the same
+    /// stamps (or still absent). Their bytes count against `control` as if read now.
+    fn unchanged_control(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        control: &mut ControlBudget,
+    ) -> Option<Vec<ControlFile>> {
+        let files = self.control.as_ref()?;
+        let quiet = self.quiet;
+        let same = names::CONTROL_FILES.iter().all(|&name| {
+            let now = sys::lstat_at(dir, OsStr::from_bytes(name));
+            match (files.iter().find(|f| f.name == name), now) {
+                (Some(f), Ok(st)) => same_version(&f.stat, &st) && quiet.holds(&st),
+                (None, Err(e)) => e.raw_os_error() == Some(libc::ENOENT),
+                _ => false,
+            }
+        });
+        let bytes: usize = files.iter().map(ControlFile::inline_len).sum();
+        if !same || bytes > control.left {
+            self.control = None;
+            return None;
+        }
+        control.left -= bytes;
+        self.control.take()
+    }
+
+    /// Moves the pins of the listing made before the lock into the maps that confirm them
+    /// against the listing made under it.
+    fn index(&mut self) {
+        let Some(listing) = self.listing.take() else {
+            return;
+        };
+        for (d, list) in [listing.new, listing.cur].into_iter().enumerate() {
+            for l in list {
+                let Some(pin) = l.pin else { continue };
+                self.by_ino[d].insert(l.ino, l.name.clone());
+                if let Some((_, old)) = self.by_name[d].insert(l.name, (l.ino, pin)) {
+                    self.stale.push(old);
+                }
+            }
+        }
+    }
+
     /// The pre-pin of the file the locked listing shows as `name` (inode `ino`) in `new/`
     /// or `cur/`: pinned under that name as that inode, or under another name with the same
     /// base name and inode. The pin kept the inode from being freed, so its number is still
@@ -827,62 +988,93 @@ impl PrePinned {
     }
 }
 
-/// Pins the files of every mailbox of `dirs` before the locks are taken, within the budget,
-/// so that the locked listing only confirms them, and reads their control files once to warm
-/// the cache. A mailbox whose `new/` or `cur/` cannot be
-/// listed is simply not pre-pinned (the locked capture says why).
+/// Reads every mailbox of `dirs` before the locks are taken: its control files, and its
+/// `new/` and `cur/` listed with the listing check and their files pinned within the budget,
+/// so that under the locks what has not changed is only confirmed. A mailbox whose `new/` or
+/// `cur/` cannot be listed is simply read under the lock (which says why).
 fn prepin(
     dirs: &[(PathBuf, Arc<OwnedFd>)],
     budget: &Arc<PinBudget>,
     watch: &Watch,
 ) -> HashMap<PathBuf, PrePinned> {
     let mut out = HashMap::with_capacity(dirs.len());
+    let mut control = ControlBudget::new();
     for (rel, mailbox) in dirs {
-        // Read once now, so that the read under the lock finds them in the page cache; what
-        // is read here is not kept (the image holds what is read under the lock).
-        for &name in names::CONTROL_FILES {
-            let _ = read_once(mailbox.as_fd(), name, ACCOUNT_CONTROL_BYTES, watch);
+        let live = stamps_are_live(mailbox.as_fd());
+        let mut pre = PrePinned {
+            quiet: Quiet::before_now(),
+            ..PrePinned::default()
+        };
+        // Read now, so that a read under the lock (if one is needed) finds them in the page
+        // cache; kept only if they can stand for a read under the lock.
+        // What it finds wrong is said by the read under the lock.
+        let (files, left_out) =
+            read_control_files(mailbox.as_fd(), rel, &mut control, watch, log::Level::Debug);
+        if live && left_out.is_empty() && files.iter().all(|f| pre.quiet.holds(&f.stat)) {
+            pre.control = Some(files);
+        } else {
+            control.left += files.iter().map(ControlFile::inline_len).sum::<usize>();
         }
-        let mut pre = PrePinned::default();
-        for (d, sub) in [names::NEW, names::CUR].into_iter().enumerate() {
-            let Ok(dir) = sys::open_dir_at(mailbox.as_fd(), OsStr::from_bytes(sub)) else {
-                continue;
-            };
-            let Ok(entries) = sys::read_dir_with(dir.as_fd(), &mut || watch.beat()) else {
-                continue;
-            };
-            for e in entries {
-                if budget.exhausted() || watch.revoked() {
-                    break;
-                }
-                // DT_UNKNOWN where the filesystem does not fill d_type: pinned as O_PATH, as
-                // the locked listing would, and kept only if it is a regular file.
-                let maybe_file = matches!(e.d_type, libc::DT_REG | libc::DT_UNKNOWN);
-                if !maybe_file || names::is_hidden(&e.name, Place::MessageDir, false) {
-                    continue;
-                }
-                let Some(pin) = budget.pin(dir.as_fd(), OsStr::from_bytes(&e.name), e.d_type)
-                else {
-                    continue;
-                };
-                watch.beat();
-                // The inode the pin holds, which the locked listing must show under this name
-                // (or, renamed, under the same base name).
-                match sys::fstat(pin.as_fd()) {
-                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                        pre.by_ino[d].insert(st.st_ino, e.name.clone());
-                        if let Some((_, old)) = pre.by_name[d].insert(e.name, (st.st_ino, pin)) {
-                            pre.stale.push(old);
-                        }
-                    }
-                    // Not a regular file: not kept (the pin gives its budget back).
-                    _ => {}
-                }
-            }
+        pre.listing = pre_listing(mailbox.as_fd(), rel, budget, watch);
+        if !live || pre.listing.as_ref().is_some_and(|l| !l.quiet(pre.quiet)) {
+            // Its pins are still worth having: the locked listing confirms them.
+            pre.index();
         }
         out.insert(rel.clone(), pre);
     }
     out
+}
+
+impl PreListing {
+    /// Whether neither directory changed since `quiet`: then any change after the listing
+    /// shows in their stamps.
+    fn quiet(&self, quiet: Quiet) -> bool {
+        let (n, c) = self.stamps;
+        Quiet(n.3, n.4) < quiet && Quiet(c.3, c.4) < quiet
+    }
+}
+
+/// Lists `new/` and `cur/` of the mailbox open at `mailbox` with the listing check and pins
+/// the listed files within the budget; `None` when a directory cannot be listed or the
+/// listing did not settle (the locked capture lists it then).
+fn pre_listing(
+    mailbox: BorrowedFd<'_>,
+    rel: &Path,
+    budget: &Arc<PinBudget>,
+    watch: &Watch,
+) -> Option<PreListing> {
+    let new = sys::open_dir_at(mailbox, OsStr::from_bytes(names::NEW)).ok();
+    let cur = sys::open_dir_at(mailbox, OsStr::from_bytes(names::CUR)).ok();
+    let (new, cur) = (Some(new?), Some(cur?));
+    let before = (dir_stamp(&new, rel).ok()?, dir_stamp(&cur, rel).ok()?);
+    let mut n = list_messages(&new, rel, watch).ok()?;
+    let mut c = list_messages(&cur, rel, watch).ok()?;
+    let after = (dir_stamp(&new, rel).ok()?, dir_stamp(&cur, rel).ok()?);
+    if before != after || !unique_bases(&n, &c) {
+        return None;
+    }
+    for (fd, list) in [(&new, &mut n), (&cur, &mut c)] {
+        let Some(fd) = fd else { continue };
+        for l in list.iter_mut().filter(|l| l.d_type != libc::DT_LNK) {
+            if budget.exhausted() || watch.revoked() {
+                break;
+            }
+            let Some(pin) = budget.pin(fd.as_fd(), OsStr::from_bytes(&l.name), l.d_type) else {
+                continue;
+            };
+            watch.beat();
+            // Kept only as the inode the listing shows under this name (a file renamed
+            // meanwhile is pinned again, or found, under the lock).
+            if sys::fstat(pin.as_fd()).is_ok_and(|st| st.st_ino == l.ino) {
+                l.pin = Some(pin);
+            }
+        }
+    }
+    Some(PreListing {
+        stamps: after,
+        new: n,
+        cur: c,
+    })
 }
 
 /// The current name of every entry of a mailbox's `new/` and `cur/`, by inode number, with
@@ -930,8 +1122,11 @@ fn open_messages_dir(
     }
 }
 
-/// A directory's change stamp: (ino, mtime, ctime) in ns; all zero for an unreadable one.
-fn dir_stamp(fd: &Option<OwnedFd>, path: &Path) -> Result<(u64, i64, i64, i64, i64)> {
+/// A directory's change stamp: (ino, mtime s, ns, ctime s, ns); all zero for an unreadable one.
+type DirStamp = (u64, i64, i64, i64, i64);
+
+/// The [`DirStamp`] of the directory open at `fd`.
+fn dir_stamp(fd: &Option<OwnedFd>, path: &Path) -> Result<DirStamp> {
     let Some(fd) = fd else {
         return Ok(Default::default());
     };
@@ -989,12 +1184,13 @@ const CONTROL_CHUNK: usize = 64 << 10;
 ///
 /// Each read takes at most the size `fstat` gave when the file was opened (a file that grows
 /// while read stops there), within the caps: see [`ACCOUNT_CONTROL_BYTES`] and
-/// [`CONTROL_FILE_BYTES`]. Returns what was captured and what was left out.
+/// [`CONTROL_FILE_BYTES`]. Returns what was captured and what was left out; what it finds wrong is logged at `level`.
 fn read_control_files(
     dir: BorrowedFd<'_>,
     path: &Path,
     control: &mut ControlBudget,
     watch: &Watch,
+    level: log::Level,
 ) -> (Vec<ControlFile>, Vec<(&'static [u8], LeftOut)>) {
     let mut out = Vec::new();
     let mut left_out = Vec::new();
@@ -1010,14 +1206,15 @@ fn read_control_files(
             match read {
                 Ok(Read::Absent) => break,
                 Ok(Read::Special(kind)) => {
-                    log::warn!("left out {}: {kind}, not a regular file", at());
+                    log::log!(level, "left out {}: {kind}, not a regular file", at());
                     left_out.push((name, LeftOut::Special));
                     break;
                 }
                 Ok(Read::TooLarge(stat, fd)) if name == names::UIDLIST => {
                     // Never left out: without it a restore loses every UID. Served from the
                     // fd it was opened with, at the size it had under the lock.
-                    log::warn!(
+                    log::log!(
+                        level,
                         "{} is {} bytes, more than the {} MiB held in memory per account; \
                          served from its pinned file at that length",
                         at(),
@@ -1033,7 +1230,8 @@ fn read_control_files(
                     break;
                 }
                 Ok(Read::TooLarge(stat, _)) => {
-                    log::warn!(
+                    log::log!(
+                        level,
                         "left out {}: {} bytes, more than the {} bytes a control file may hold{}",
                         at(),
                         stat.st_size,
@@ -1059,7 +1257,7 @@ fn read_control_files(
                     }
                 }
                 Err(e) => {
-                    log::warn!("cannot read {}: {e}", at());
+                    log::log!(level, "cannot read {}: {e}", at());
                     break;
                 }
             }
@@ -1067,7 +1265,8 @@ fn read_control_files(
         if let Some(c) = last {
             if let ControlContent::Inline(bytes) = &c.content {
                 if !settled {
-                    log::warn!(
+                    log::log!(
+                        level,
                         "{} kept changing while read; serving the {} bytes last read",
                         at(),
                         bytes.len()
@@ -1293,6 +1492,77 @@ mod tests {
         // The pre-pins of the replaced and the expunged file are closed, and their budget
         // given back, when the pre-pins drop (after the locks, in a capture).
         drop(one);
+        assert_eq!(budget.in_use(), 3);
+    }
+
+    #[test]
+    fn a_quiet_mailbox_read_before_its_lock_is_only_confirmed_under_it() {
+        use std::io::Write;
+        let t = crate::testutil::TempDir::new("quiet");
+        for d in ["cur", "new", "tmp"] {
+            fs::create_dir(t.path().join(d)).unwrap();
+        }
+        fs::write(t.path().join("cur/1.a:2,S"), "a").unwrap();
+        fs::write(t.path().join("new/2.b"), "b").unwrap();
+        fs::write(t.path().join("dovecot-uidlist"), "3 V1 N3\n1 :1.a\n").unwrap();
+        // Left alone long enough that a later change shows in the stamps.
+        std::thread::sleep(QUIET + Duration::from_millis(100));
+        let dir = Arc::new(OwnedFd::from(fs::File::open(t.path()).unwrap()));
+        let dirs = vec![(PathBuf::new(), Arc::clone(&dir))];
+        let budget = PinBudget::fixed(100);
+        let watch = Watch::new(Path::new(""));
+        let capture = |pre: &mut PrePinned| {
+            capture_mailbox_with(
+                dir.as_fd(),
+                t.path(),
+                &budget,
+                &mut ControlBudget::new(),
+                &watch,
+                Some(pre),
+            )
+            .unwrap()
+        };
+        let uidlist = |m: &MailboxCapture| match &m.control[0].content {
+            ControlContent::Inline(b) => b.to_vec(),
+            ControlContent::Pinned(_) => panic!("a small uidlist is held in memory"),
+        };
+
+        // Nothing changed: the listing and control files read before the lock are the
+        // capture, and no file is opened under it.
+        let mut pre = prepin(&dirs, &budget, &watch)
+            .remove(Path::new(""))
+            .unwrap();
+        assert!(pre.listing.is_some() && pre.control.is_some());
+        assert_eq!(budget.in_use(), 2);
+        let m = capture(&mut pre);
+        assert_eq!(budget.in_use(), 2);
+        assert!(
+            pre.listing.is_none() && pre.control.is_none(),
+            "taken as they were"
+        );
+        assert_eq!((m.new.len(), m.cur.len()), (1, 1));
+        assert!(m.new[0].pin.is_some() && m.cur[0].pin.is_some());
+        assert_eq!(uidlist(&m), b"3 V1 N3\n1 :1.a\n");
+        drop((m, pre));
+
+        // A delivery and a uidlist written in place (same size) after the read: both are
+        // read again under the lock.
+        let mut pre = prepin(&dirs, &budget, &watch)
+            .remove(Path::new(""))
+            .unwrap();
+        fs::write(t.path().join("new/3.c"), "c").unwrap();
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(t.path().join("dovecot-uidlist"))
+            .unwrap();
+        f.write_all(b"3 V1 N4").unwrap();
+        drop(f);
+        let m = capture(&mut pre);
+        assert_eq!((m.new.len(), m.cur.len()), (2, 1));
+        assert!(m.new.iter().chain(&m.cur).all(|l| l.pin.is_some()));
+        assert_eq!(uidlist(&m), b"3 V1 N4\n1 :1.a\n");
+        // The pins taken before the lock were confirmed: only the new message was opened.
+        drop(pre);
         assert_eq!(budget.in_use(), 3);
     }
 

@@ -125,7 +125,8 @@ pub struct MountArgs {
     /// Append log lines here. Default: syslog once detached (stderr with --foreground).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
-    /// Write the mount's summary as JSON to PATH once the view is mounted.
+    /// Write the mount's summary as JSON to PATH once the view is mounted, and again when it
+    /// is unmounted, with every account's lock hold (µs) including those captured on demand.
     #[arg(long, value_name = "PATH")]
     pub summary_json: Option<PathBuf>,
     /// Write NAME instead of this host's name into the locks, so that a Dovecot in another PID

@@ -25,7 +25,9 @@ use crate::capture::{
     self, AccountCapture, ControlBudget, ControlContent, LeftOut, Listed, MailboxCapture,
 };
 use crate::error::{Error, Result, escape_path};
-use crate::maildir::discover::{MAX_DEPTH, child_depth, entry_is_dir, is_mailbox};
+use crate::maildir::discover::{
+    MAX_DEPTH, child_depth, entry_is_dir, has_mailbox_dirs, is_mailbox,
+};
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
 use crate::pin::{Pin, PinBudget};
@@ -212,6 +214,7 @@ pub fn freeze(
         role: Role::Plain,
         parent: None,
         depth: Depth::default(),
+        may_be_mailbox: true,
     }];
     while let Some(p) = stack.pop() {
         let next = f.fill(p)?;
@@ -236,6 +239,9 @@ struct Pending<'a> {
     /// opened beneath SOURCE by its whole path.
     parent: Option<std::rc::Rc<HeldDir<'a>>>,
     depth: Depth,
+    /// False when its link count shows fewer than two subdirectories: then it has no `cur/`
+    /// and `new/`, and the walk does not look for them before listing it.
+    may_be_mailbox: bool,
 }
 
 /// How deep a directory lies: levels below its account's root mailbox, or below SOURCE when
@@ -372,7 +378,23 @@ impl<'a> Freezer<'a> {
 
     fn fill_plain(&mut self, p: Pending<'a>, fd: OwnedFd) -> Result<Vec<Pending<'a>>> {
         let dir = fd.as_fd();
-        let entries = match sys::read_dir(dir) {
+        if self.find_accounts
+            && p.may_be_mailbox
+            && self.selection.visibility(&p.rel) != Visibility::Ancestor
+            && has_mailbox_dirs(dir)
+        {
+            // An account's root, its contents its own capture's: not listed here (in a store
+            // of small accounts, that is half the directories the walk would list).
+            return Ok(self.found_account(&p));
+        }
+        // Opened for this listing (`fill`), so at its start; the root's fd is a copy of one
+        // that shares its offset.
+        let listed = if p.node == NodeIdx::ROOT {
+            sys::read_dir(dir)
+        } else {
+            sys::read_dir_once(dir)
+        };
+        let entries = match listed {
             Ok(e) => e,
             Err(e) if p.node == NodeIdx::ROOT => {
                 return Err(Error::io("cannot read source", self.source, e));
@@ -389,12 +411,8 @@ impl<'a> Freezer<'a> {
         let only_the_way = self.selection.visibility(&p.rel) == Visibility::Ancestor;
         let mut mailbox = !only_the_way && is_mailbox(dir, &entries);
         if mailbox && self.find_accounts {
-            // An account's root: its contents are its own capture's.
-            let account = self.report.accounts.len() as u32;
-            self.report.accounts.push(p.rel.clone());
-            self.builder.add_children(p.node, Vec::new());
-            self.builder.defer(p.node, account);
-            return Ok(Vec::new());
+            // Made a mailbox since the look above: an account's root all the same.
+            return Ok(self.found_account(&p));
         }
         if mailbox && !self.mailboxes.contains_key(&p.rel) {
             // Created after discovery: capture it now, without a lock.
@@ -432,6 +450,7 @@ impl<'a> Freezer<'a> {
         };
         let mut children = Vec::with_capacity(entries.len());
         let mut roles: HashMap<Vec<u8>, Role> = HashMap::new();
+        let mut few_subdirs: std::collections::HashSet<Vec<u8>> = Default::default();
         let mut has_tmp = false;
         for entry in entries {
             let name = entry.name.clone();
@@ -497,6 +516,11 @@ impl<'a> Freezer<'a> {
                 };
                 roles.insert(name.clone(), role);
             }
+            // A directory's link count is 2 and one per subdirectory (where the filesystem
+            // counts them: not btrfs, which says 1).
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR && matches!(st.st_nlink, 2 | 3) {
+                few_subdirs.insert(name.clone());
+            }
             if let Some(n) = self.new_node(dir, &p.rel, name, &st, pin) {
                 children.push(n);
             }
@@ -556,10 +580,21 @@ impl<'a> Freezer<'a> {
                 role,
                 parent: parent.clone(),
                 depth,
+                may_be_mailbox: !few_subdirs.contains(&name),
             });
         }
         drop(fd);
         Ok(next)
+    }
+
+    /// Records the directory of `p` as the root of the next account found, left to the
+    /// account's own snapshot (see [`Scope::Skeleton`]); nothing below it is entered.
+    fn found_account(&mut self, p: &Pending<'a>) -> Vec<Pending<'a>> {
+        let account = self.report.accounts.len() as u32;
+        self.report.accounts.push(p.rel.clone());
+        self.builder.add_children(p.node, Vec::new());
+        self.builder.defer(p.node, account);
+        Vec::new()
     }
 
     /// Whether `entry` of directory `dir` (at `dir_rel`) is in the view under

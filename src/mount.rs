@@ -132,6 +132,8 @@ pub struct Captured {
     pub working_set: usize,
     /// Whether --include/--exclude chose the accounts.
     pub selected: bool,
+    /// The lock holds of the captures made after the mount (on demand).
+    pub later: Arc<LaterHolds>,
 }
 
 impl Captured {
@@ -174,22 +176,11 @@ impl Captured {
             account_holds: self
                 .accounts
                 .iter()
-                .map(|a| AccountHold {
-                    account: display_rel(&a.root),
-                    lock_hold_us: a.lock_hold.as_micros() as u64,
-                    // Only a locked listing's pinning is part of a hold.
-                    pinning_us: if a.unlocked.is_none() {
-                        a.pin_time.as_micros() as u64
-                    } else {
-                        0
-                    },
-                    messages: a.messages as u64,
-                    locked: a.unlocked.is_none(),
-                    stalled: false,
-                })
+                .map(AccountSummary::hold)
                 .chain(self.report.stalled.iter().map(|root| AccountHold {
                     account: display_rel(root),
                     stalled: true,
+                    captures: 1,
                     ..AccountHold::default()
                 }))
                 .collect(),
@@ -216,6 +207,24 @@ impl AccountSummary {
             lock_hold: c.lock_hold,
             pin_time: c.pin_time,
             messages: c.messages(),
+        }
+    }
+
+    /// Its lock hold, for `--summary-json`.
+    fn hold(&self) -> AccountHold {
+        AccountHold {
+            account: display_rel(&self.root),
+            lock_hold_us: self.lock_hold.as_micros() as u64,
+            // Only a locked listing's pinning is part of a hold.
+            pinning_us: if self.unlocked.is_none() {
+                self.pin_time.as_micros() as u64
+            } else {
+                0
+            },
+            messages: self.messages as u64,
+            locked: self.unlocked.is_none(),
+            stalled: false,
+            captures: 1,
         }
     }
 }
@@ -321,9 +330,11 @@ impl Start<'_> {
         accounts: Vec<AccountSummary>,
         totals: Totals,
         on_demand: usize,
+        later: Arc<LaterHolds>,
     ) -> Captured {
         sys::trim_heap();
         Captured {
+            later,
             started_at: self.started_at,
             view,
             report,
@@ -359,7 +370,8 @@ impl Start<'_> {
             &self.budget,
         )?;
         let totals = snapshot.totals.clone();
-        Ok(self.done(View::whole(snapshot), report, accounts, totals, 0))
+        let later = Arc::new(LaterHolds::default());
+        Ok(self.done(View::whole(snapshot), report, accounts, totals, 0, later))
     }
 
     /// On demand: freeze the tree outside the accounts (finding them as it goes), capture the
@@ -418,6 +430,7 @@ impl Start<'_> {
             now.iter().map(|(id, a)| (a.root.clone(), *id)).collect();
         let (captures, stalled) = self.capture(now.into_iter().map(|(_, a)| a).collect())?;
         let accounts: Vec<AccountSummary> = captures.iter().map(AccountSummary::of).collect();
+        let later = Arc::new(LaterHolds::default());
         let capturer = Arc::new(OnDemand {
             root: root
                 .try_clone()
@@ -429,6 +442,7 @@ impl Start<'_> {
             exclude_indexes: opts.exclude_indexes,
             selection: opts.selection.clone(),
             dirs,
+            later: Arc::clone(&later),
         });
         let mut totals = skeleton.totals.clone();
         let mut ready = Vec::new();
@@ -460,7 +474,7 @@ impl Start<'_> {
             Arc::clone(&self.budget),
             limits,
         );
-        Ok(self.done(view, report, accounts, totals, left))
+        Ok(self.done(view, report, accounts, totals, left, later))
     }
 }
 
@@ -505,6 +519,56 @@ struct OnDemand {
     selection: crate::select::Selection,
     /// The node id of each account's directory in the view (its snapshot's root).
     dirs: Vec<Ino>,
+    /// Where each capture's lock hold is kept, for `--summary-json`.
+    later: Arc<LaterHolds>,
+}
+
+/// The longest lock hold of each account captured after the mount, over all its captures.
+#[derive(Debug, Default)]
+pub struct LaterHolds(Mutex<HashMap<AccountId, AccountHold>>);
+
+impl LaterHolds {
+    fn record(&self, id: AccountId, hold: AccountHold) {
+        let mut holds = self.0.lock();
+        let h = holds.entry(id).or_default();
+        let captures = h.captures + 1;
+        if captures == 1 || hold.lock_hold_us >= h.lock_hold_us || hold.stalled {
+            *h = hold;
+        }
+        h.captures = captures;
+    }
+
+    /// `at_mount` (the holds of the captures made at mount, by account) with the later
+    /// captures' merged in: each account once, with its longest hold and its count of captures.
+    pub fn merged(&self, at_mount: &[AccountHold]) -> Vec<AccountHold> {
+        let mut out = at_mount.to_vec();
+        let index: HashMap<String, usize> = out
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.account.clone(), i))
+            .collect();
+        let mut later: Vec<(AccountId, AccountHold)> = self
+            .0
+            .lock()
+            .iter()
+            .map(|(id, h)| (*id, h.clone()))
+            .collect();
+        later.sort_by_key(|(id, _)| *id);
+        for (_, h) in later {
+            match index.get(&h.account) {
+                Some(&i) => {
+                    let o = &mut out[i];
+                    let captures = o.captures + h.captures;
+                    if h.lock_hold_us > o.lock_hold_us || h.stalled {
+                        *o = h;
+                    }
+                    o.captures = captures;
+                }
+                None => out.push(h),
+            }
+        }
+        out
+    }
 }
 
 impl OnDemand {
@@ -581,6 +645,14 @@ impl Capturer for OnDemand {
         };
         let (mut captures, stalled) = capture_accounts(&self.root, work)?;
         let Some(c) = captures.pop().filter(|_| stalled.is_empty()) else {
+            self.later.record(
+                id,
+                AccountHold {
+                    account: display_rel(rel),
+                    stalled: true,
+                    ..AccountHold::default()
+                },
+            );
             return Err(Error::msg(
                 "capture stalled",
                 self.source.join(rel),
@@ -588,6 +660,8 @@ impl Capturer for OnDemand {
             ));
         };
         let messages = c.messages();
+        let summary = AccountSummary::of(&c);
+        self.later.record(id, summary.hold());
         let (image, _) = self.freeze(id, epoch, c)?;
         log::info!(
             "captured {} ({}capture {epoch}): {messages} messages, {} pinned, lock hold {} us{}, in {:.3} s",
@@ -971,6 +1045,7 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     let summary = summary_line(&checked, &captured);
     let mut report = captured.report_for(&checked);
     let view = Arc::clone(&captured.view);
+    let later = Arc::clone(&captured.later);
     drop(captured);
     let source = Arc::new(Source::new(checked.source_fd, checked.source.clone()));
     let fs = MaildirFs::new(Arc::clone(&view), Arc::clone(&source), opts.passthrough);
@@ -1085,6 +1160,13 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
         ..source.live()
     };
     let final_line = unmount_line(&checked.mountpoint, &report.live);
+    if let Some(path) = &opts.summary_json {
+        // Again, now with the captures made while serving.
+        report.account_holds = later.merged(&report.account_holds);
+        if let Err(e) = write_atomically(path, report.to_value().to_json_pretty() + "\n") {
+            log::warn!("cannot write summary {}: {e}", escape_path(path));
+        }
+    }
     crate::logging::notice(&final_line);
     if let Some(mut s) = state.lock().take() {
         let mut fields = report.to_fields();

@@ -51,7 +51,8 @@ pub struct MountReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountHold {
     pub account: String,
-    /// From the last lock taken to the first released; 0 when captured without locks.
+    /// From the first lock taken to the last released (the longest of its captures); 0 when
+    /// captured without locks.
     pub lock_hold_us: u64,
     /// The part of it spent pinning files that were not pinned before the locks.
     pub pinning_us: u64,
@@ -59,6 +60,8 @@ pub struct AccountHold {
     pub locked: bool,
     /// Its capture hung and was given up (locks released, `EIO` in the view).
     pub stalled: bool,
+    /// How many times it was captured (on demand, again after it left the working set).
+    pub captures: u64,
 }
 
 /// Counters that move while the view is served.
@@ -237,6 +240,7 @@ impl MountReport {
                                 ("messages", h.messages.into()),
                                 ("locked", h.locked.into()),
                                 ("stalled", h.stalled.into()),
+                                ("captures", h.captures.into()),
                             ])
                         })
                         .collect(),

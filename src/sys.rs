@@ -176,6 +176,18 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// The filesystem type (`f_type` of `fstatfs`) of the file open at `fd`.
+pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` points to writable memory of the right size; fstatfs fills it on success.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs returned 0, so the struct is initialised.
+    let st = unsafe { st.assume_init() };
+    // `f_type` is i64 here, a narrower integer on some other targets.
+    #[allow(clippy::useless_conversion)]
+    Ok(i64::from(st.f_type))
+}
+
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: the `lstat` of one entry of `dir`.
 pub fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
     let c = cstring(name)?;
@@ -284,6 +296,16 @@ pub fn read_dir_with(dir: BorrowedFd<'_>, batch: &mut dyn FnMut()) -> io::Result
     if unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    read_dir_from_here(dir, batch)
+}
+
+/// [`read_dir`] of a directory just opened, whose offset is its start: without the rewind (a
+/// walk of a store of small accounts opens and lists tens of thousands of directories once).
+pub fn read_dir_once(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
+    read_dir_from_here(dir, &mut || ())
+}
+
+fn read_dir_from_here(dir: BorrowedFd<'_>, batch: &mut dyn FnMut()) -> io::Result<Vec<DirEntry>> {
     let mut out = Vec::new();
     let mut buf = DirentBuf::take();
     let buf = &mut buf.0;

@@ -390,7 +390,8 @@ fn an_evicted_account_is_captured_again_with_its_node_ids_and_pages() {
     }
     let fx = Fixture::new("ws-again");
     let store = make_store(&fx);
-    let m = mount_small(&fx, &[], &[]);
+    let summary = fx.dir.join("summary.json");
+    let m = mount_small(&fx, &["--summary-json", summary.to_str().unwrap()], &[]);
     let dirs = accounts_in(&m.mnt);
     // Account 0: read whole (it is captured at mount); note a message's node id.
     let first = message_files(&dirs[0]);
@@ -439,6 +440,25 @@ fn an_evicted_account_is_captured_again_with_its_node_ids_and_pages() {
     drop(held);
     let line = m.umount();
     assert!(line.contains("more than once"), "umount said: {line}");
+    // Written again at unmount: the accounts captured on demand are in it too, each once,
+    // with its longest hold; account 0 twice captured.
+    let json = std::fs::read_to_string(&summary).unwrap();
+    for a in 0..4 {
+        let at = json
+            .find(&format!("\"account\": \"{}\"", account_root(a)))
+            .unwrap_or_else(|| panic!("account {a} not in {json}"));
+        let entry = &json[at..at + json[at..].find('}').unwrap()];
+        assert!(entry.contains("\"locked\": true"), "{entry}");
+        assert!(!entry.contains("\"messages\": 0,"), "{entry}");
+        let captures: u64 = entry
+            .split("\"captures\": ")
+            .nth(1)
+            .and_then(|r| r.trim().split([',', '\n']).next()?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no captures in {entry}"));
+        assert!(captures >= if a == 0 { 2 } else { 1 }, "{entry}");
+        let named = format!("\"account\": \"{}\"", account_root(a));
+        assert_eq!(json.matches(&named).count(), 1, "{json}");
+    }
 }
 
 #[test]

@@ -252,6 +252,17 @@ pub fn is_mailbox(dir: BorrowedFd<'_>, entries: &[sys::DirEntry]) -> bool {
     has(names::CUR) && has(names::NEW)
 }
 
+/// Whether the directory open at `dir` is a mailbox, found without listing it: whether its
+/// `cur` and `new` are directories (never followed). The same answer as [`is_mailbox`] on its
+/// listing, for two `lstat`s (one where `cur` is missing, as in most directories).
+pub fn has_mailbox_dirs(dir: BorrowedFd<'_>) -> bool {
+    let is_dir = |name: &[u8]| {
+        sys::lstat_at(dir, OsStr::from_bytes(name))
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    };
+    is_dir(names::CUR) && is_dir(names::NEW)
+}
+
 /// Whether a directory entry is a directory, from `d_type` or, where the filesystem does not
 /// fill it, from `lstat`.
 pub fn entry_is_dir(dir: BorrowedFd<'_>, entry: &sys::DirEntry) -> bool {
