@@ -348,40 +348,55 @@ fn main() {
     let (boxes, accounts) = lock_watch::mailboxes(&src);
     let scratch = work.dir.join("lock-watch");
     std::fs::create_dir_all(&scratch).expect("mkdir");
+    let summary_json = work.dir.join("summary.json");
+    let summary_arg = summary_json.to_string_lossy().into_owned();
     for cold in [false, true] {
-        let mut worst = Vec::new();
+        let (mut outside, mut inside) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             if cold && !drop_caches() {
                 break;
             }
             let watch = lock_watch::LockWatch::start(&boxes, &scratch).expect("inotify");
-            work.mount_with(&src, &["--capture", "at-mount"]);
+            work.mount_with(
+                &src,
+                &["--capture", "at-mount", "--summary-json", &summary_arg],
+            );
             let holds = watch.stop();
             work.umount();
             if let Some((ms, account)) = lock_watch::worst_per_1000(&holds, &accounts) {
                 eprintln!(
-                    "bench: longest hold {ms:.3} ms per 1,000 messages ({})",
+                    "bench: longest hold {ms:.3} ms per 1,000 messages seen from outside ({})",
                     account.strip_prefix(&src).unwrap_or(&account).display()
                 );
-                worst.push(ms);
+                outside.push(ms);
+            }
+            let json = std::fs::read_to_string(&summary_json).unwrap_or_default();
+            if let Some(ms) = lock_watch::worst_in_summary(&json) {
+                eprintln!("bench: longest hold {ms:.3} ms per 1,000 messages as timed inside");
+                inside.push(ms);
             }
         }
-        if worst.is_empty() {
-            continue;
+        let when = if cold { "caches dropped" } else { "warm" };
+        for (seen, worst) in [
+            ("seen from outside (inotify)", outside),
+            ("as the server times it", inside),
+        ] {
+            if worst.is_empty() {
+                continue;
+            }
+            let hold = stat(worst);
+            rows.push(Row {
+                measure: format!(
+                    "longest lock hold of any account, per 1,000 messages of that account, \
+                     {seen}, whole tree at mount, {when}"
+                ),
+                direct: "–".into(),
+                view: format!("{:.2} ms [{:.2}–{:.2}]", hold.med, hold.min, hold.max),
+                ratio: hold.med,
+                goal: "≤ 1 ms",
+                met: hold.med <= 1.0,
+            });
         }
-        let hold = stat(worst);
-        rows.push(Row {
-            measure: format!(
-                "longest lock hold of any account, per 1,000 messages of that account, seen \
-                 from outside (inotify), whole tree at mount{}",
-                if cold { ", caches dropped" } else { ", warm" }
-            ),
-            direct: "–".into(),
-            view: format!("{:.2} ms [{:.2}–{:.2}]", hold.med, hold.min, hold.max),
-            ratio: hold.med,
-            goal: "≤ 1 ms",
-            met: hold.med <= 1.0,
-        });
     }
 
     // Reads through one mount.

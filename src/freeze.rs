@@ -150,7 +150,7 @@ pub fn freeze(
     .map_err(|e| Error::io("cannot open", source.join(&base), e))?;
     let base_st =
         sys::fstat(base_fd.as_fd()).map_err(|e| Error::io("cannot stat", source.join(&base), e))?;
-    let mut totals = Totals {
+    let totals = Totals {
         accounts: captures.len() + stalled.len() + deferred.len(),
         ..Totals::default()
     };
@@ -203,7 +203,10 @@ pub fn freeze(
         late_control: ControlBudget::new(),
         builder,
         report,
-        totals: &mut totals,
+        totals,
+        grafted: false,
+        consumed: 0,
+        nest: 0,
     };
     // Depth first: a pending directory holds only its parent's fd, shared with its siblings,
     // so the fds open are those of the directories on the current path (at most MAX_DEPTH
@@ -216,18 +219,64 @@ pub fn freeze(
         depth: Depth::default(),
         may_be_mailbox: true,
     }];
-    while let Some(p) = stack.pop() {
-        let next = f.fill(p)?;
-        stack.extend(next.into_iter().rev());
-    }
+    f.walk(&mut stack)?;
     drop(stack);
     let mut report = f.report;
     report
         .unreadable
         .sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
     report.unreadable.dedup();
-    let snap = f.builder.finish(totals);
+    let snap = f.builder.finish(f.totals);
     Ok((snap, report))
+}
+
+/// How many listed messages the walk consumes between two trims of the heap (a trim takes
+/// about a millisecond).
+const TRIM_EVERY: usize = 16 * 1024;
+
+/// When this many directories are pending, a walk that finds accounts goes on with every CPU.
+const SPLIT_AT: usize = 4;
+
+/// A walk apart splits again, once: a domain of many users is not left to one thread, and
+/// a deep tree beside the accounts does not start a thread per directory. At most
+/// `workers^(MAX_NEST)` threads walk at once.
+const MAX_NEST: u8 = 2;
+
+/// The threads a walk that finds accounts uses: every CPU (one when a test says so).
+fn walk_workers() -> usize {
+    #[cfg(test)]
+    if let Some(n) = tests::WORKERS.get() {
+        return n;
+    }
+    sys::cpus()
+}
+
+/// A pending directory handed to another thread: opened beneath SOURCE by its path there.
+struct Task {
+    node: NodeIdx,
+    rel: PathBuf,
+    role: Role,
+    depth: Depth,
+    may_be_mailbox: bool,
+}
+
+impl From<Pending<'_>> for Task {
+    fn from(p: Pending<'_>) -> Task {
+        Task {
+            node: p.node,
+            rel: p.rel,
+            role: p.role,
+            depth: p.depth,
+            may_be_mailbox: p.may_be_mailbox,
+        }
+    }
+}
+
+/// What the walk of one subtree made, to be grafted.
+struct Walked {
+    builder: Builder,
+    report: FreezeReport,
+    totals: Totals,
 }
 
 /// A directory whose children are still to be added.
@@ -294,10 +343,23 @@ struct Freezer<'a> {
     mailboxes: HashMap<PathBuf, MailboxCapture>,
     builder: Builder,
     report: FreezeReport,
-    totals: &'a mut Totals,
+    totals: Totals,
+    /// Whether `builder` is a subtree's, to be grafted: its root then stands for a directory
+    /// below the base, placed by the walk above.
+    grafted: bool,
+    /// Listed messages consumed since the heap was last trimmed.
+    consumed: usize,
+    /// How many walks apart this one is nested in (see [`MAX_NEST`]).
+    nest: u8,
 }
 
 impl<'a> Freezer<'a> {
+    /// Whether `p` is where the walk starts (SOURCE, or the account's root mailbox): its
+    /// errors end the freeze.
+    fn is_base(&self, p: &Pending<'a>) -> bool {
+        p.node == NodeIdx::ROOT && !self.grafted
+    }
+
     /// Adds the children of one directory; returns the subdirectories to fill next.
     fn fill(&mut self, p: Pending<'a>) -> Result<Vec<Pending<'a>>> {
         if let Role::Tmp = p.role {
@@ -338,15 +400,36 @@ impl<'a> Freezer<'a> {
             self.builder.add_children(p.node, Vec::new());
             return Ok(Vec::new());
         }
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-        let opened = match (&p.parent, p.rel.file_name()) {
-            _ if p.node == NodeIdx::ROOT => self.base_fd.try_clone(),
+        // Where the walk finds accounts, a directory that may be an account's root is first
+        // opened only as a place (`O_PATH`, cheaper to open and close) to look for its
+        // `cur/` and `new/`; an account's root is not listed here (in a store of small
+        // accounts, that is half the directories the walk would list).
+        let probe = self.find_accounts
+            && p.may_be_mailbox
+            && matches!(p.role, Role::Plain)
+            && !self.is_base(&p)
+            && self.selection.visibility(&p.rel) != Visibility::Ancestor;
+        let flags = libc::O_DIRECTORY | if probe { libc::O_PATH } else { libc::O_RDONLY };
+        let mut opened = match (&p.parent, p.rel.file_name()) {
+            _ if self.is_base(&p) => self.base_fd.try_clone(),
             (Some(parent), Some(name)) => sys::open_beneath(parent.fd.as_fd(), name, flags),
             _ => sys::open_beneath(self.root, p.rel.as_os_str(), flags),
         };
+        if probe && let Ok(place) = &opened {
+            if has_mailbox_dirs(place.as_fd()) {
+                return Ok(self.found_account(&p));
+            }
+            // Not an account's root: opened again to be listed (the directory itself, not
+            // its name again).
+            opened = sys::openat(
+                place.as_fd(),
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            );
+        }
         let fd = match opened {
             Ok(fd) => fd,
-            Err(e) if p.node == NodeIdx::ROOT => {
+            Err(e) if self.is_base(&p) => {
                 return Err(Error::io("cannot open source", self.source, e));
             }
             Err(e) => {
@@ -378,25 +461,16 @@ impl<'a> Freezer<'a> {
 
     fn fill_plain(&mut self, p: Pending<'a>, fd: OwnedFd) -> Result<Vec<Pending<'a>>> {
         let dir = fd.as_fd();
-        if self.find_accounts
-            && p.may_be_mailbox
-            && self.selection.visibility(&p.rel) != Visibility::Ancestor
-            && has_mailbox_dirs(dir)
-        {
-            // An account's root, its contents its own capture's: not listed here (in a store
-            // of small accounts, that is half the directories the walk would list).
-            return Ok(self.found_account(&p));
-        }
         // Opened for this listing (`fill`), so at its start; the root's fd is a copy of one
         // that shares its offset.
-        let listed = if p.node == NodeIdx::ROOT {
+        let listed = if self.is_base(&p) {
             sys::read_dir(dir)
         } else {
             sys::read_dir_once(dir)
         };
         let entries = match listed {
             Ok(e) => e,
-            Err(e) if p.node == NodeIdx::ROOT => {
+            Err(e) if self.is_base(&p) => {
                 return Err(Error::io("cannot read source", self.source, e));
             }
             Err(e) => {
@@ -587,6 +661,111 @@ impl<'a> Freezer<'a> {
         Ok(next)
     }
 
+    /// Fills the directories of `stack` and all below them, depth first. A walk that finds
+    /// accounts goes on with every CPU once enough directories are pending ([`SPLIT_AT`]):
+    /// one subtree at a time each, grafted in walk order; a subtree walked apart splits in
+    /// turn (a domain of many users is not left to one thread), up to [`MAX_NEST`].
+    fn walk(&mut self, stack: &mut Vec<Pending<'a>>) -> Result<()> {
+        let workers = if self.find_accounts && self.nest < MAX_NEST {
+            walk_workers()
+        } else {
+            1
+        };
+        while let Some(p) = stack.pop() {
+            let next = self.fill(p)?;
+            stack.extend(next.into_iter().rev());
+            if workers > 1 && stack.len() >= SPLIT_AT {
+                let tasks: Vec<Task> = stack.drain(..).rev().map(Task::from).collect();
+                self.walk_apart(tasks, workers)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Walks the subtrees of `tasks` (pending directories, in walk order) on `workers`
+    /// threads, each into a builder of its own, and grafts them in order: the same tree, and
+    /// the same account numbers, as one walk would make. Only for a walk that finds accounts
+    /// (it has no captures to hand out).
+    fn walk_apart(&mut self, tasks: Vec<Task>, workers: usize) -> Result<()> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let slots: Vec<parking_lot::Mutex<Option<Result<Walked>>>> = tasks
+            .iter()
+            .map(|_| parking_lot::Mutex::new(None))
+            .collect();
+        let this = &*self;
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(task) = tasks.get(i) else { break };
+                        *slots[i].lock() = Some(this.walk_one(task));
+                    }
+                });
+            }
+        });
+        for (task, slot) in tasks.iter().zip(slots) {
+            let Some(walked) = slot.into_inner() else {
+                continue;
+            };
+            let w = walked?;
+            let accounts = self.report.accounts.len() as u32;
+            self.builder.graft(task.node, w.builder, accounts);
+            self.report.merge(w.report);
+            self.totals.add(&w.totals);
+        }
+        Ok(())
+    }
+
+    /// The walk of the subtree of `task` into a builder of its own.
+    fn walk_one(&self, task: &Task) -> Result<Walked> {
+        let placeholder = self.builder.node(task.node).attr;
+        let mut f = Freezer {
+            root: self.root,
+            base_fd: self
+                .root
+                .try_clone_to_owned()
+                .map_err(|e| Error::io("cannot open", self.source, e))?,
+            deferred: self.deferred,
+            find_accounts: self.find_accounts,
+            stalled: self.stalled,
+            late_control: ControlBudget::new(),
+            budget: self.budget,
+            source: self.source,
+            dev: self.dev,
+            exclude_indexes: self.exclude_indexes,
+            selection: self.selection,
+            mailboxes: HashMap::new(),
+            // No room reserved: thousands of these (a user's directory each) wait to be grafted.
+            builder: Builder::new(placeholder, self.dev, 0),
+            report: FreezeReport::default(),
+            totals: Totals::default(),
+            grafted: true,
+            consumed: 0,
+            nest: self.nest + 1,
+        };
+        let mut stack = vec![Pending {
+            node: NodeIdx::ROOT,
+            rel: task.rel.clone(),
+            role: task.role.clone(),
+            parent: None,
+            depth: task.depth,
+            may_be_mailbox: task.may_be_mailbox,
+        }];
+        f.walk(&mut stack)?;
+        let Freezer {
+            builder,
+            report,
+            totals,
+            ..
+        } = f;
+        Ok(Walked {
+            builder,
+            report,
+            totals,
+        })
+    }
+
     /// Records the directory of `p` as the root of the next account found, left to the
     /// account's own snapshot (see [`Scope::Skeleton`]); nothing below it is entered.
     fn found_account(&mut self, p: &Pending<'a>) -> Vec<Pending<'a>> {
@@ -699,7 +878,8 @@ impl<'a> Freezer<'a> {
             Some(m) => std::mem::take(&mut m.new),
             None => Vec::new(),
         };
-        let mut children = Vec::with_capacity(listed.len());
+        let n = listed.len();
+        let mut children = Vec::with_capacity(n);
         for mut l in listed {
             let Some((st, pin)) = self.message_stat(p, dir, mailbox, &mut l) else {
                 continue;
@@ -729,6 +909,14 @@ impl<'a> Freezer<'a> {
             });
         }
         self.builder.add_children(p.node, children);
+        // The listings' memory goes back to the kernel as the walk consumes them (each was
+        // made on a capture thread, in that thread's malloc arena, where the snapshot being
+        // built cannot reuse it): else the peak is every listing and the whole snapshot.
+        self.consumed += n;
+        if self.consumed >= TRIM_EVERY {
+            self.consumed = 0;
+            sys::trim_heap();
+        }
     }
 
     /// The attributes (and pin) of a listed message: through its pin when it has one (the pin
@@ -823,7 +1011,6 @@ pub fn attr_of(st: &sys::Stat) -> Attr {
     Attr::new(
         Ino(st.st_ino),
         st.st_size.max(0) as u64,
-        stamp(st.st_atime, st.st_atime_nsec),
         stamp(st.st_mtime, st.st_mtime_nsec),
         stamp(st.st_ctime, st.st_ctime_nsec),
         (st.st_mode & 0o7777) as u16,
@@ -836,5 +1023,83 @@ fn stamp(sec: i64, nsec: i64) -> Stamp {
     Stamp {
         sec,
         nsec: nsec.clamp(0, 999_999_999) as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    thread_local! {
+        /// How many threads a skeleton walk of this test thread uses.
+        pub static WORKERS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Every node of `s` as (parent, name, kind, node id, size), in index order.
+    fn nodes(s: &Snapshot) -> Vec<(u32, Vec<u8>, String, u64, u64)> {
+        (0..s.len() as u32)
+            .map(|i| {
+                let n = s.node(NodeIdx(i));
+                let name = s.name(NodeIdx(i)).to_vec();
+                (
+                    n.parent.0,
+                    name,
+                    format!("{:?}", n.kind),
+                    n.attr.ino.0,
+                    n.attr.size,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_skeleton_walked_on_two_threads_is_the_walk_of_one() {
+        let t = crate::testutil::TempDir::new("walk-apart");
+        for d in 0..5 {
+            for u in 0..20 {
+                let acct = t.path().join(format!("d{d}.org/u{u}/Maildir"));
+                for sub in ["cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"] {
+                    fs::create_dir_all(acct.join(sub)).unwrap();
+                }
+                fs::write(acct.join("cur/1.m:2,S"), "m").unwrap();
+                // Beside the accounts: files, links, a deep plain tree.
+                fs::write(t.path().join(format!("d{d}.org/u{u}/.forward")), "x").unwrap();
+                if u % 3 == 0 {
+                    std::os::unix::fs::symlink(
+                        "Maildir",
+                        t.path().join(format!("d{d}.org/u{u}/mail")),
+                    )
+                    .unwrap();
+                    fs::create_dir_all(t.path().join(format!("d{d}.org/u{u}/sieve/a/b"))).unwrap();
+                }
+            }
+            fs::write(t.path().join(format!("d{d}.org/aliases")), "a: b").unwrap();
+        }
+        let root = fs::File::open(t.path()).unwrap();
+        let walk = |workers: usize| {
+            WORKERS.set(Some(workers));
+            let budget = PinBudget::fixed(1000);
+            let (snap, report) = freeze(
+                root.as_fd(),
+                t.path(),
+                Scope::Skeleton,
+                Vec::new(),
+                &[],
+                false,
+                &Selection::default(),
+                &budget,
+            )
+            .unwrap();
+            let accounts = report.accounts.clone();
+            let deferred = snap.deferred_dirs(accounts.len());
+            (nodes(&snap), accounts, deferred, snap.totals.pinned)
+        };
+        let one = walk(1);
+        let two = walk(2);
+        // The first domain alone leaves more than `SPLIT_AT` directories pending.
+        assert_eq!(one.1.len(), 100, "every account found");
+        assert!(one.0.len() > 100);
+        assert_eq!(one, two);
     }
 }

@@ -747,7 +747,7 @@ mod tests {
 
     fn snap(epoch: u32) -> Snapshot {
         let t = Stamp::default();
-        let root = Attr::new(Ino(50), 0, t, t, t, 0o755, 0, 0);
+        let root = Attr::new(Ino(50), 0, t, t, 0o755, 0, 0);
         Builder::for_account(std::path::PathBuf::from("a"), Ino(50), root, 0, 1, 0, epoch)
             .finish(Totals::default())
     }

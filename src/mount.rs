@@ -449,7 +449,7 @@ impl Start<'_> {
         for c in captures {
             let id = ids.get(&c.root).copied().unwrap_or(0);
             let (image, r) = capturer.freeze(id, 1, c)?;
-            add_totals(&mut totals, &image.snapshot.totals);
+            totals.add(&image.snapshot.totals);
             report.merge(r);
             ready.push((id, image));
         }
@@ -498,14 +498,6 @@ fn min_idle() -> Duration {
 /// See [`Limits::min_idle`]: longer than any pause of a backup tool between two reads in one
 /// directory.
 const MIN_IDLE: Duration = Duration::from_secs(5);
-
-fn add_totals(to: &mut Totals, t: &Totals) {
-    to.mailboxes += t.mailboxes;
-    to.messages += t.messages;
-    to.bytes += t.bytes;
-    to.pinned += t.pinned;
-    to.unpinned += t.unpinned;
-}
 
 /// Captures accounts when the view first needs them: the same discovery, locks, capture
 /// and freeze as at mount, one account at a time.
@@ -679,13 +671,6 @@ impl Capturer for OnDemand {
     }
 }
 
-/// The CPUs this process may use, looked up once (the lookup reads cgroup files, and an
-/// account captured on demand would pay for it each time).
-fn cpus() -> usize {
-    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
 /// What the capture workers share: the accounts to capture and how.
 struct Work {
     source: PathBuf,
@@ -738,7 +723,7 @@ struct BoardState {
 /// stalled, and replaced by a new worker, so the other accounts go on whatever the stuck one
 /// is blocked in.
 fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, Vec<PathBuf>)> {
-    let workers = cpus().clamp(1, 8).min(work.accounts.len().max(1));
+    let workers = sys::cpus().clamp(1, 8).min(work.accounts.len().max(1));
     work.budget.reserve_table(
         capture::expected_entries_all(root.as_fd(), &work.accounts),
         root.as_fd(),
@@ -1066,7 +1051,7 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
             .push(fuser::MountOption::DefaultPermissions);
         config.acl = fuser::SessionACL::All;
     }
-    config.n_threads = Some(cpus().clamp(1, 8));
+    config.n_threads = Some(sys::cpus().clamp(1, 8));
     config.clone_fd = true;
     // Held while mounting: a stop signal now waits for the mount and then unmounts it, rather
     // than end the process under a half-made mount.

@@ -92,6 +92,24 @@ pub struct PinSet {
     held: usize,
 }
 
+impl PinSet {
+    /// Takes over the shares of `other` (the pins of a subtree built apart, joining this
+    /// snapshot).
+    pub fn absorb(&mut self, mut other: PinSet) {
+        let Some(b) = other.budget.take() else {
+            return;
+        };
+        match &self.budget {
+            Some(mine) if !Arc::ptr_eq(mine, &b) => b.release(other.held),
+            Some(_) => self.held += other.held,
+            None => {
+                self.budget = Some(b);
+                self.held = other.held;
+            }
+        }
+    }
+}
+
 impl Drop for PinSet {
     fn drop(&mut self) {
         if let Some(b) = self.budget.take() {

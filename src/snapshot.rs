@@ -62,30 +62,34 @@ impl Stamp {
 
 /// The captured attributes of a node, packed: the times' seconds and nanoseconds are kept
 /// apart so that no field needs padding (this struct is most of a node, and a snapshot holds
-/// one node per entry of the store).
+/// one node per entry of the store: 56 bytes).
+///
+/// The access time is not kept: it is shown as the modification time. A live store's atimes
+/// move with every IMAP read; a backup tool that stores them (restic does) would store a new
+/// tree on every run, and nothing a restore needs depends on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
     /// The source inode number (also the FUSE node id; see the module doc).
     pub ino: Ino,
     pub size: u64,
-    /// atime, mtime, ctime: seconds.
-    secs: [i64; 3],
-    /// atime, mtime, ctime: nanoseconds.
-    nsecs: [u32; 3],
+    /// mtime, ctime: seconds.
+    secs: [i64; 2],
+    /// mtime, ctime: nanoseconds.
+    nsecs: [u32; 2],
     pub uid: u32,
     pub gid: u32,
-    /// As seen inside the view: paths with this inode for files, 2 + subdirectories for dirs.
-    pub nlink: u32,
+    /// As seen inside the view: paths with this inode for files, 2 + subdirectories for
+    /// directories, or 1 for a directory with more than `u16::MAX - 2` subdirectories (as
+    /// ext4 does: "not counted", which `find` understands).
+    pub nlink: u16,
     /// Permission bits and set-id/sticky bits (no file type).
     pub perm: u16,
 }
 
 impl Attr {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         ino: Ino,
         size: u64,
-        atime: Stamp,
         mtime: Stamp,
         ctime: Stamp,
         perm: u16,
@@ -95,8 +99,8 @@ impl Attr {
         Attr {
             ino,
             size,
-            secs: [atime.sec, mtime.sec, ctime.sec],
-            nsecs: [atime.nsec, mtime.nsec, ctime.nsec],
+            secs: [mtime.sec, ctime.sec],
+            nsecs: [mtime.nsec, ctime.nsec],
             uid,
             gid,
             nlink: 1,
@@ -104,16 +108,17 @@ impl Attr {
         }
     }
 
+    /// The access time shown: the modification time (see the type's doc).
     pub fn atime(&self) -> Stamp {
-        self.stamp(0)
+        self.mtime()
     }
 
     pub fn mtime(&self) -> Stamp {
-        self.stamp(1)
+        self.stamp(0)
     }
 
     pub fn ctime(&self) -> Stamp {
-        self.stamp(2)
+        self.stamp(1)
     }
 
     fn stamp(&self, i: usize) -> Stamp {
@@ -179,6 +184,17 @@ pub struct Totals {
     pub unpinned: usize,
 }
 
+impl Totals {
+    /// Adds the counts of another part of the view (an account, a subtree); `accounts` stays.
+    pub fn add(&mut self, o: &Totals) {
+        self.mailboxes += o.mailboxes;
+        self.messages += o.messages;
+        self.bytes += o.bytes;
+        self.pinned += o.pinned;
+        self.unpinned += o.unpinned;
+    }
+}
+
 /// The frozen image.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -229,6 +245,19 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn node(&self, idx: NodeIdx) -> &Node {
         &self.nodes[idx.0 as usize]
+    }
+
+    /// The bytes this snapshot holds in memory (its tables and names; not the bytes of control
+    /// files read under the locks, nor the kernel's memory for its pins).
+    pub fn memory(&self) -> usize {
+        use std::mem::size_of;
+        self.nodes.capacity() * size_of::<Node>()
+            + self.names.capacity()
+            + self.inline.capacity() * size_of::<Arc<[u8]>>()
+            + self.ino_nodes.capacity() * size_of::<NodeIdx>()
+            + self.pins.capacity() * size_of::<Option<OwnedFd>>()
+            + self.read_to_end.capacity() * size_of::<AtomicU64>()
+            + (self.unlistable.capacity() + self.deferred.capacity()) * 8
     }
 
     pub fn len(&self) -> usize {
@@ -579,6 +608,66 @@ impl Builder {
         self.snap.name(idx)
     }
 
+    /// Puts the tree built by `sub` in place at `at`, a directory of this tree with no
+    /// children yet: `sub`'s root stands for `at`, and its nodes follow this tree's, in the
+    /// order a walk of this tree would have added them. Accounts deferred in `sub` are
+    /// numbered from `accounts` on (those this tree found before).
+    pub fn graft(&mut self, at: NodeIdx, sub: Builder, accounts: u32) {
+        let Snapshot {
+            nodes,
+            names,
+            inline,
+            pins,
+            pin_set,
+            unlistable,
+            deferred,
+            ..
+        } = sub.snap;
+        let snap = &mut self.snap;
+        // Local index i > 0 becomes i + shift; local 0 is `at`.
+        let shift = snap.nodes.len() as u32 - 1;
+        let place = |i: NodeIdx| if i.0 == 0 { at } else { NodeIdx(i.0 + shift) };
+        let (names_at, inline_at) = (snap.names.len() as u32, snap.inline.len() as u32);
+        let sub_synthetic = sub.snap.synthetic;
+        let mut nodes = nodes.into_iter();
+        let sub_root = nodes.next();
+        for (i, mut n) in nodes.enumerate() {
+            n.parent = place(n.parent);
+            n.name_off += names_at;
+            n.kind = match n.kind {
+                Kind::Dir { first, count } => Kind::Dir {
+                    first: first + shift,
+                    count,
+                },
+                Kind::File(Content::Inline(k)) => Kind::File(Content::Inline(k + inline_at)),
+                Kind::Symlink(k) => Kind::Symlink(k + inline_at),
+                k => k,
+            };
+            // A node id made from the local index is made again from the new one.
+            if n.attr.ino.0 >= sub_synthetic {
+                n.attr.ino = Ino(snap.synthetic + u64::from(i as u32 + 1 + shift));
+            }
+            snap.nodes.push(n);
+        }
+        if let Some(Node {
+            kind: Kind::Dir { first, count },
+            ..
+        }) = sub_root
+        {
+            snap.nodes[at.0 as usize].kind = Kind::Dir {
+                first: first + shift,
+                count,
+            };
+        }
+        snap.names.extend_from_slice(&names);
+        snap.inline.extend(inline);
+        snap.pins.extend(pins.into_iter().skip(1));
+        snap.pin_set.absorb(pin_set);
+        snap.unlistable.extend(unlistable.into_iter().map(place));
+        snap.deferred
+            .extend(deferred.into_iter().map(|(d, a)| (place(d), a + accounts)));
+    }
+
     /// Leaves directory `dir` (which has no children) to the snapshot of account `account`.
     pub fn defer(&mut self, dir: NodeIdx, account: u32) {
         self.snap.deferred.push((dir, account));
@@ -608,7 +697,7 @@ impl Builder {
             for (_, node) in &by_ino[i..j] {
                 let n = &mut snap.nodes[node.0 as usize];
                 if !matches!(n.kind, Kind::Dir { .. }) {
-                    n.attr.nlink = (j - i) as u32;
+                    n.attr.nlink = u16::try_from(j - i).unwrap_or(u16::MAX);
                 }
             }
             i = j;
@@ -618,7 +707,7 @@ impl Builder {
                 let subdirs = (first..first + count)
                     .filter(|&c| matches!(snap.nodes[c as usize].kind, Kind::Dir { .. }))
                     .count() as u32;
-                snap.nodes[d].attr.nlink = 2 + subdirs;
+                snap.nodes[d].attr.nlink = u16::try_from(2 + subdirs).unwrap_or(1);
             }
         }
         snap.ino_nodes = by_ino.into_iter().map(|(_, n)| n).collect();
@@ -668,7 +757,7 @@ impl Snapshot {
             crtime: a.ctime().to_system_time(),
             kind,
             perm: a.perm,
-            nlink: a.nlink,
+            nlink: u32::from(a.nlink),
             uid: a.uid,
             gid: a.gid,
             rdev: 0,
@@ -684,7 +773,7 @@ mod tests {
 
     fn attr(ino: u64) -> Attr {
         let t = Stamp::default();
-        Attr::new(Ino(ino), 0, t, t, t, 0o755, 0, 0)
+        Attr::new(Ino(ino), 0, t, t, 0o755, 0, 0)
     }
 
     fn file(name: &str, ino: u64) -> NewNode {
@@ -754,7 +843,7 @@ mod tests {
                 vec![NewNode {
                     name: b"m".to_vec(),
                     kind: NewKind::File(NewContent::Message),
-                    attr: Attr::new(Ino(9), size, m, m, c, 0o644, 0, 0),
+                    attr: Attr::new(Ino(9), size, m, c, 0o644, 0, 0),
                     pin: None,
                 }],
             );
@@ -765,5 +854,39 @@ mod tests {
         assert_ne!(node(100, 1000, 1000), node(101, 1000, 1000));
         assert_ne!(node(100, 1000, 1000), node(100, 1001, 1000));
         assert_ne!(node(100, 1000, 1000), 0);
+    }
+
+    #[test]
+    fn a_captured_mailbox_takes_at_most_150_bytes_an_entry() {
+        // 10,000 messages with names as long as Dovecot gives them (58 bytes here).
+        let mut b = Builder::new(attr(2), 7, 10_003);
+        let dirs = b.add_children(
+            NodeIdx::ROOT,
+            ["cur", "new", "tmp"]
+                .iter()
+                .enumerate()
+                .map(|(i, d)| NewNode {
+                    name: d.as_bytes().to_vec(),
+                    kind: NewKind::Dir,
+                    attr: attr(3 + i as u64),
+                    pin: None,
+                })
+                .collect(),
+        );
+        b.add_children(
+            dirs[0],
+            (0..10_000)
+                .map(|i| NewNode {
+                    name: format!("17330{i:05}.M{i:06}P4242.mail.example.org,S=6400,W=6512:2,S")
+                        .into_bytes(),
+                    kind: NewKind::File(NewContent::Message),
+                    attr: attr(100 + i),
+                    pin: None,
+                })
+                .collect(),
+        );
+        let s = b.finish(Totals::default());
+        let per_entry = s.memory() / s.len();
+        assert!(per_entry <= 150, "{per_entry} bytes an entry");
     }
 }

@@ -176,6 +176,13 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// The CPUs this process may use, looked up once (the lookup reads cgroup files, and an
+/// account captured on demand would pay for it each time).
+pub fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// The filesystem type (`f_type` of `fstatfs`) of the file open at `fd`.
 pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
     let mut st = MaybeUninit::<libc::statfs>::uninit();
@@ -524,6 +531,17 @@ pub fn umount(path: &std::path::Path, flags: libc::c_int) -> io::Result<()> {
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Sets the nice value of the calling thread (not the process: on Linux a thread's priority
+/// is its own). Raising it is always allowed; lowering it needs `CAP_SYS_NICE`. (The
+/// benchmark's lock watcher runs at -20, so that its own wake-ups do not stretch the holds it
+/// times.)
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority changes only the scheduling priority of the thread `tid`.
+    cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) }).map(drop)
 }
 
 /// `getpid()`.

@@ -704,7 +704,7 @@ mod tests {
             sec: mtime,
             nsec: 0,
         };
-        Attr::new(Ino(ino), size, t, t, t, 0o644, 0, 0)
+        Attr::new(Ino(ino), size, t, t, 0o644, 0, 0)
     }
 
     /// A store of accounts `a0`, `a1`, ...: account `i` is a directory (node id 100 + i) of

@@ -1,7 +1,8 @@
 //! Lock holds as Dovecot sees them: from the creation of an account's first
 //! `dovecot-uidlist.lock` to the removal of its last, from inotify events on every mailbox
-//! directory of a tree. The times are those at which the events were read, so a hold is seen
-//! as Dovecot would see it, wake-ups included.
+//! directory of a tree. The times are those at which the events were read (inotify gives
+//! none): on a machine whose CPUs the capture keeps busy, the watcher's own wake-ups (late,
+//! or preempting the very thread that holds the locks) add to what it sees.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -150,4 +151,21 @@ pub fn worst_per_1000(
             )
         })
         .max_by(|x, y| x.0.total_cmp(&y.0))
+}
+
+/// The longest hold per 1,000 messages of its account, in ms, as the server itself timed it
+/// (`account_lock_holds` of a `--summary-json` file: from before its first lock was created to
+/// after its last was removed).
+pub fn worst_in_summary(json: &str) -> Option<f64> {
+    let field = |obj: &str, key: &str| -> Option<f64> {
+        let rest = obj.split(&format!("\"{key}\": ")).nth(1)?;
+        rest.split([',', '\n', '}']).next()?.trim().parse().ok()
+    };
+    json.split('{')
+        .filter_map(|obj| {
+            let us = field(obj, "lock_hold_us")?;
+            let messages = field(obj, "messages")?;
+            (messages > 0.0).then(|| us / 1e3 * 1000.0 / messages)
+        })
+        .max_by(f64::total_cmp)
 }
