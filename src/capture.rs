@@ -415,6 +415,9 @@ fn capture_set(
                     release_each(locks, watch);
                     // The discarded capture's pins give their budget back as they drop.
                     drop(listed);
+                    // Read again before the next round, which then holds its locks for a few
+                    // `fstat`s again rather than for a listing.
+                    prepinned = prepin(dirs, budget, watch);
                 } else {
                     release_each(locks, watch);
                     let lock_hold = started.elapsed();
@@ -860,9 +863,11 @@ struct PreListing {
 
 /// How long a directory or control file must have been left alone, before its read began,
 /// for the read to stand for one under the lock when the file's stamps are the same then.
-/// File times come from a clock that may lag the change by a tick, or be stepped back a
-/// little; a change after the read began has a ctime after `began - QUIET`, so it shows.
-const QUIET: Duration = Duration::from_secs(1);
+/// File times come from a clock that may lag the change by a tick, be stepped back a little,
+/// or (ext3, ext4 with small inodes) count whole seconds only; a change after the read began
+/// has a ctime of at least `began - 1 s` in whole seconds, later than anything before
+/// `began - QUIET`, so it shows.
+const QUIET: Duration = Duration::from_secs(2);
 
 /// A wall-clock time (s, ns) as file times give it: a file whose ctime is before it has not
 /// changed since [`QUIET`] before a read began.

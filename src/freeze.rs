@@ -242,14 +242,20 @@ const SPLIT_AT: usize = 4;
 /// `workers^(MAX_NEST)` threads walk at once.
 const MAX_NEST: u8 = 2;
 
-/// The threads a walk that finds accounts uses: every CPU (one when a test says so).
+/// The threads a walk that finds accounts uses: every CPU, at most [`MAX_WALKERS`] (one when a
+/// test says so).
 fn walk_workers() -> usize {
     #[cfg(test)]
     if let Some(n) = tests::WORKERS.get() {
         return n;
     }
-    sys::cpus()
+    sys::cpus().min(MAX_WALKERS)
 }
+
+/// The most threads one walk apart uses. With [`MAX_NEST`] that bounds the threads walking at
+/// once (4 + 4 × 4) and the fds they hold outside the pin budget (up to 3 each: a directory
+/// being listed, one looked into, a copy of SOURCE's fd), well within the reserve.
+const MAX_WALKERS: usize = 4;
 
 /// A pending directory handed to another thread: opened beneath SOURCE by its path there.
 struct Task {
@@ -431,6 +437,11 @@ impl<'a> Freezer<'a> {
             Ok(fd) => fd,
             Err(e) if self.is_base(&p) => {
                 return Err(Error::io("cannot open source", self.source, e));
+            }
+            // Out of fds is no property of this directory: showing it empty would drop what
+            // is below it (accounts, in a skeleton) without a word.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                return Err(Error::io("cannot open", self.source.join(&p.rel), e));
             }
             Err(e) => {
                 self.report.unreadable.push(p.rel.clone());
@@ -693,20 +704,33 @@ impl<'a> Freezer<'a> {
             .map(|_| parking_lot::Mutex::new(None))
             .collect();
         let this = &*self;
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(task) = tasks.get(i) else { break };
-                        *slots[i].lock() = Some(this.walk_one(task));
-                    }
-                });
+        let take_tasks = || {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(task) = tasks.get(i) else { break };
+                *slots[i].lock() = Some(this.walk_one(task));
             }
+        };
+        std::thread::scope(|scope| {
+            // This thread walks too: where no other can be started (a task limit), it walks
+            // them all.
+            for _ in 1..workers.min(tasks.len()) {
+                let started = std::thread::Builder::new()
+                    .name("walk".to_owned())
+                    .spawn_scoped(scope, take_tasks);
+                if started.is_err() {
+                    break;
+                }
+            }
+            take_tasks();
         });
         for (task, slot) in tasks.iter().zip(slots) {
             let Some(walked) = slot.into_inner() else {
-                continue;
+                return Err(Error::msg(
+                    "cannot walk",
+                    self.source.join(&task.rel),
+                    "its walk ended without a result",
+                ));
             };
             let w = walked?;
             let accounts = self.report.accounts.len() as u32;

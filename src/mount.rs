@@ -522,12 +522,12 @@ pub struct LaterHolds(Mutex<HashMap<AccountId, AccountHold>>);
 impl LaterHolds {
     fn record(&self, id: AccountId, hold: AccountHold) {
         let mut holds = self.0.lock();
-        let h = holds.entry(id).or_default();
-        let captures = h.captures + 1;
-        if captures == 1 || hold.lock_hold_us >= h.lock_hold_us || hold.stalled {
-            *h = hold;
+        match holds.get_mut(&id) {
+            Some(h) => h.combine(hold),
+            None => {
+                holds.insert(id, hold);
+            }
         }
-        h.captures = captures;
     }
 
     /// `at_mount` (the holds of the captures made at mount, by account) with the later
@@ -548,14 +548,7 @@ impl LaterHolds {
         later.sort_by_key(|(id, _)| *id);
         for (_, h) in later {
             match index.get(&h.account) {
-                Some(&i) => {
-                    let o = &mut out[i];
-                    let captures = o.captures + h.captures;
-                    if h.lock_hold_us > o.lock_hold_us || h.stalled {
-                        *o = h;
-                    }
-                    o.captures = captures;
-                }
+                Some(&i) => out[i].combine(h),
                 None => out.push(h),
             }
         }
@@ -642,6 +635,7 @@ impl Capturer for OnDemand {
                 AccountHold {
                     account: display_rel(rel),
                     stalled: true,
+                    captures: 1,
                     ..AccountHold::default()
                 },
             );
@@ -1148,6 +1142,10 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     if let Some(path) = &opts.summary_json {
         // Again, now with the captures made while serving.
         report.account_holds = later.merged(&report.account_holds);
+        if let Some(h) = report.account_holds.iter().max_by_key(|h| h.lock_hold_us) {
+            report.longest_lock_hold_ms = h.lock_hold_us / 1000;
+            report.longest_lock_hold_account = h.account.clone();
+        }
         if let Err(e) = write_atomically(path, report.to_value().to_json_pretty() + "\n") {
             log::warn!("cannot write summary {}: {e}", escape_path(path));
         }

@@ -64,6 +64,23 @@ pub struct AccountHold {
     pub captures: u64,
 }
 
+impl AccountHold {
+    /// Folds in another capture of the same account: the longest hold (with its messages and
+    /// pinning), the captures counted, and the bad news kept (one capture without its locks,
+    /// or one that hung, is not hidden by a later one that went well).
+    pub fn combine(&mut self, o: AccountHold) {
+        let captures = self.captures + o.captures;
+        let locked = self.locked && o.locked;
+        let stalled = self.stalled || o.stalled;
+        if o.lock_hold_us > self.lock_hold_us {
+            *self = o;
+        }
+        self.captures = captures;
+        self.locked = locked;
+        self.stalled = stalled;
+    }
+}
+
 /// Counters that move while the view is served.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Live {
