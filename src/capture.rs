@@ -1004,8 +1004,11 @@ fn prepin(
 ) -> HashMap<PathBuf, PrePinned> {
     let mut out = HashMap::with_capacity(dirs.len());
     let mut control = ControlBudget::new();
+    // One filesystem for the whole account (the walks never cross a mount point).
+    let live = dirs
+        .first()
+        .is_some_and(|(_, mailbox)| stamps_are_live(mailbox.as_fd()));
     for (rel, mailbox) in dirs {
-        let live = stamps_are_live(mailbox.as_fd());
         let mut pre = PrePinned {
             quiet: Quiet::before_now(),
             ..PrePinned::default()

@@ -190,7 +190,7 @@ pub fn freeze(
     };
     let mut f = Freezer {
         root,
-        base_fd,
+        base_fd: Some(base_fd),
         deferred,
         find_accounts: matches!(scope, Scope::Skeleton),
         budget,
@@ -204,7 +204,6 @@ pub fn freeze(
         builder,
         report,
         totals,
-        grafted: false,
         consumed: 0,
         nest: 0,
     };
@@ -253,8 +252,8 @@ fn walk_workers() -> usize {
 }
 
 /// The most threads one walk apart uses. With [`MAX_NEST`] that bounds the threads walking at
-/// once (4 + 4 × 4) and the fds they hold outside the pin budget (up to 3 each: a directory
-/// being listed, one looked into, a copy of SOURCE's fd), well within the reserve.
+/// once (4 + 4 × 4) and the fds they hold outside the pin budget (up to 2 each: a directory
+/// being listed, one looked into), well within the reserve.
 const MAX_WALKERS: usize = 4;
 
 /// A pending directory handed to another thread: opened beneath SOURCE by its path there.
@@ -331,8 +330,10 @@ enum Role {
 
 struct Freezer<'a> {
     root: BorrowedFd<'a>,
-    /// Where the walk starts (SOURCE, or an account's root mailbox).
-    base_fd: OwnedFd,
+    /// Where the walk starts (SOURCE, or an account's root mailbox); `None` in the walk of a
+    /// subtree to be grafted, whose root stands for a directory below the base, placed by the
+    /// walk above.
+    base_fd: Option<OwnedFd>,
     /// Account directories not entered (see [`Scope::Tree`]).
     deferred: &'a HashMap<PathBuf, u32>,
     /// Whether each account root met is left to its own snapshot (see [`Scope::Skeleton`]).
@@ -350,9 +351,6 @@ struct Freezer<'a> {
     builder: Builder,
     report: FreezeReport,
     totals: Totals,
-    /// Whether `builder` is a subtree's, to be grafted: its root then stands for a directory
-    /// below the base, placed by the walk above.
-    grafted: bool,
     /// Listed messages consumed since the heap was last trimmed.
     consumed: usize,
     /// How many walks apart this one is nested in (see [`MAX_NEST`]).
@@ -363,7 +361,7 @@ impl<'a> Freezer<'a> {
     /// Whether `p` is where the walk starts (SOURCE, or the account's root mailbox): its
     /// errors end the freeze.
     fn is_base(&self, p: &Pending<'a>) -> bool {
-        p.node == NodeIdx::ROOT && !self.grafted
+        p.node == NodeIdx::ROOT && self.base_fd.is_some()
     }
 
     /// Adds the children of one directory; returns the subdirectories to fill next.
@@ -416,9 +414,9 @@ impl<'a> Freezer<'a> {
             && !self.is_base(&p)
             && self.selection.visibility(&p.rel) != Visibility::Ancestor;
         let flags = libc::O_DIRECTORY | if probe { libc::O_PATH } else { libc::O_RDONLY };
-        let mut opened = match (&p.parent, p.rel.file_name()) {
-            _ if self.is_base(&p) => self.base_fd.try_clone(),
-            (Some(parent), Some(name)) => sys::open_beneath(parent.fd.as_fd(), name, flags),
+        let mut opened = match (&self.base_fd, &p.parent, p.rel.file_name()) {
+            (Some(base), ..) if p.node == NodeIdx::ROOT => base.try_clone(),
+            (_, Some(parent), Some(name)) => sys::open_beneath(parent.fd.as_fd(), name, flags),
             _ => sys::open_beneath(self.root, p.rel.as_os_str(), flags),
         };
         if probe && let Ok(place) = &opened {
@@ -746,10 +744,7 @@ impl<'a> Freezer<'a> {
         let placeholder = self.builder.node(task.node).attr;
         let mut f = Freezer {
             root: self.root,
-            base_fd: self
-                .root
-                .try_clone_to_owned()
-                .map_err(|e| Error::io("cannot open", self.source, e))?,
+            base_fd: None,
             deferred: self.deferred,
             find_accounts: self.find_accounts,
             stalled: self.stalled,
@@ -764,7 +759,6 @@ impl<'a> Freezer<'a> {
             builder: Builder::new(placeholder, self.dev, 0),
             report: FreezeReport::default(),
             totals: Totals::default(),
-            grafted: true,
             consumed: 0,
             nest: self.nest + 1,
         };
