@@ -5,6 +5,7 @@
 //! ```text
 //! cargo build --release
 //! cargo run --release --example bench -- [--messages N] [--accounts A] [--runs R] [--write FILE]
+//!     [--only capture,holds,reads,cold,rsync,incremental,big]
 //! ```
 //!
 //! Needs root (to mount, and to drop caches for the cold-cache row) and rsync. A benchmark is
@@ -32,6 +33,25 @@ struct Opts {
     big_mib: usize,
     write: Option<PathBuf>,
     passthrough: bool,
+    /// The sections to run (`--only`), all when empty.
+    only: Vec<String>,
+}
+
+/// The sections of the benchmark, in the order they run, for `--only`.
+const SECTIONS: &[&str] = &[
+    "capture",
+    "holds",
+    "reads",
+    "cold",
+    "rsync",
+    "incremental",
+    "big",
+];
+
+impl Opts {
+    fn runs_section(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == name)
+    }
 }
 
 fn parse() -> Result<Opts, String> {
@@ -42,6 +62,7 @@ fn parse() -> Result<Opts, String> {
         big_mib: 256,
         write: None,
         passthrough: false,
+        only: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -53,9 +74,17 @@ fn parse() -> Result<Opts, String> {
             "--big-mib" => o.big_mib = val()?.parse().map_err(|_| "bad --big-mib")?,
             "--write" => o.write = Some(PathBuf::from(val()?)),
             "--passthrough" => o.passthrough = true,
+            "--only" => {
+                for s in val()?.split(',') {
+                    if !SECTIONS.contains(&s) {
+                        return Err(format!("bad --only {s}: one of {}", SECTIONS.join(",")));
+                    }
+                    o.only.push(s.to_owned());
+                }
+            }
             _ => {
                 return Err("usage: bench [--messages N] [--accounts A] [--runs R] \
-                            [--big-mib M] [--passthrough] [--write FILE]"
+                            [--big-mib M] [--passthrough] [--only SECTION,...] [--write FILE]"
                     .into());
             }
         }
@@ -324,229 +353,259 @@ fn main() {
     let mut rows = Vec::new();
     let runs = o.runs;
 
-    // Capture: mount until ready, against an in-process readdir+lstat walk.
-    list(&src);
-    let direct = time(runs, || {
+    if o.runs_section("capture") {
+        // Capture: mount until ready, against an in-process readdir+lstat walk.
         list(&src);
-    });
-    let mut mounts = Vec::new();
-    for _ in 0..runs {
-        let (t, _) = work.mount(&src);
-        mounts.push(t.as_secs_f64());
-        work.umount();
-    }
-    let view = stat(mounts);
-    rows.push(Row::timed(
-        "capture: `maildirfs mount` until ready vs readdir+lstat walk",
-        direct,
-        view,
-        "≤ 2.0",
-        2.0,
-    ));
-
-    // Lock holds as Dovecot sees them (inotify), every account captured at mount.
-    let (boxes, accounts) = lock_watch::mailboxes(&src);
-    let scratch = work.dir.join("lock-watch");
-    std::fs::create_dir_all(&scratch).expect("mkdir");
-    let summary_json = work.dir.join("summary.json");
-    let summary_arg = summary_json.to_string_lossy().into_owned();
-    for cold in [false, true] {
-        let (mut outside, mut inside) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            if cold && !drop_caches() {
-                break;
-            }
-            let watch = lock_watch::LockWatch::start(&boxes, &scratch).expect("inotify");
-            work.mount_with(
-                &src,
-                &["--capture", "at-mount", "--summary-json", &summary_arg],
-            );
-            let holds = watch.stop();
-            work.umount();
-            if let Some((ms, account)) = lock_watch::worst_per_1000(&holds, &accounts) {
-                eprintln!(
-                    "bench: longest hold {ms:.3} ms per 1,000 messages seen from outside ({})",
-                    account.strip_prefix(&src).unwrap_or(&account).display()
-                );
-                outside.push(ms);
-            }
-            let json = std::fs::read_to_string(&summary_json).unwrap_or_default();
-            if let Some(ms) = lock_watch::worst_in_summary(&json) {
-                eprintln!("bench: longest hold {ms:.3} ms per 1,000 messages as timed inside");
-                inside.push(ms);
-            }
-        }
-        let when = if cold { "caches dropped" } else { "warm" };
-        for (seen, worst) in [
-            ("seen from outside (inotify)", outside),
-            ("as the server times it", inside),
-        ] {
-            if worst.is_empty() {
-                continue;
-            }
-            let hold = stat(worst);
-            rows.push(Row {
-                measure: format!(
-                    "longest lock hold of any account, per 1,000 messages of that account, \
-                     {seen}, whole tree at mount, {when}"
-                ),
-                direct: "–".into(),
-                view: format!("{:.2} ms [{:.2}–{:.2}]", hold.med, hold.min, hold.max),
-                ratio: hold.med,
-                goal: "≤ 1 ms",
-                met: hold.med <= 1.0,
-            });
-        }
-    }
-
-    // Reads through one mount.
-    let (_, summary) = work.mount(&src);
-    eprintln!("bench: {}", summary.trim());
-    let mnt = work.mnt();
-    let (src_files, _) = list(&src);
-    let (view_files, view_entries) = list(&mnt);
-    assert_eq!(src_files.len(), view_files.len(), "the view lacks files");
-    for threads in [1, 4] {
-        read_all(&src_files, threads);
-        read_all(&view_files, threads);
-        let (d, v) = time_pair(
-            runs,
-            || {
-                read_all(&src_files, threads);
-            },
-            || {
-                read_all(&view_files, threads);
-            },
-        );
-        rows.push(Row::timed(
-            format!("read every file once, warm cache, {threads} thread(s)"),
-            d,
-            v,
-            "≤ 1.5",
-            1.5,
-        ));
-    }
-    // Cold: as a backup runs, listing each directory and reading its files, after dropping
-    // every cache (the view's pages, dentries and attributes too).
-    if drop_caches() {
-        let cold = |root: &Path| {
-            drop_caches();
-            let (files, _) = list(root);
-            read_all(&files, 1);
-        };
-        let (d, v) = time_pair(runs, || cold(&src), || cold(&mnt));
-        rows.push(Row::timed(
-            "list and read every file once, cold cache (caches dropped), 1 thread",
-            d,
-            v,
-            "≤ 1.1",
-            1.1,
-        ));
-    } else {
-        rows.push(Row {
-            measure: "read every file once, cold cache: NOT MEASURED (cannot drop caches)".into(),
-            direct: "–".into(),
-            view: "–".into(),
-            ratio: f64::NAN,
-            goal: "≤ 1.1",
-            met: false,
+        let direct = time(runs, || {
+            list(&src);
         });
+        let mut mounts = Vec::new();
+        for _ in 0..runs {
+            let (t, _) = work.mount(&src);
+            mounts.push(t.as_secs_f64());
+            work.umount();
+        }
+        let view = stat(mounts);
+        rows.push(Row::timed(
+            "capture: `maildirfs mount` until ready vs readdir+lstat walk",
+            direct,
+            view,
+            "≤ 2.0",
+            2.0,
+        ));
     }
-    let rss = server_peak_rss_kib(&mnt).unwrap_or(0);
+
+    if o.runs_section("holds") {
+        // Lock holds as Dovecot sees them (inotify), every account captured at mount.
+        let (boxes, accounts) = lock_watch::mailboxes(&src);
+        let scratch = work.dir.join("lock-watch");
+        std::fs::create_dir_all(&scratch).expect("mkdir");
+        let summary_json = work.dir.join("summary.json");
+        let summary_arg = summary_json.to_string_lossy().into_owned();
+        for cold in [false, true] {
+            let (mut outside, mut inside) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                if cold && !drop_caches() {
+                    break;
+                }
+                let watch = lock_watch::LockWatch::start(&boxes, &scratch).expect("inotify");
+                work.mount_with(
+                    &src,
+                    &["--capture", "at-mount", "--summary-json", &summary_arg],
+                );
+                let holds = watch.stop();
+                work.umount();
+                if let Some((ms, account)) = lock_watch::worst_per_1000(&holds, &accounts) {
+                    eprintln!(
+                        "bench: longest hold {ms:.3} ms per 1,000 messages seen from outside ({})",
+                        account.strip_prefix(&src).unwrap_or(&account).display()
+                    );
+                    outside.push(ms);
+                }
+                let json = std::fs::read_to_string(&summary_json).unwrap_or_default();
+                if let Some(ms) = lock_watch::worst_in_summary(&json) {
+                    eprintln!("bench: longest hold {ms:.3} ms per 1,000 messages as timed inside");
+                    inside.push(ms);
+                }
+            }
+            let when = if cold { "caches dropped" } else { "warm" };
+            for (seen, worst) in [
+                ("seen from outside (inotify)", outside),
+                ("as the server times it", inside),
+            ] {
+                if worst.is_empty() {
+                    continue;
+                }
+                let hold = stat(worst);
+                rows.push(Row {
+                    measure: format!(
+                        "longest lock hold of any account, per 1,000 messages of that account, \
+                         {seen}, whole tree at mount, {when}"
+                    ),
+                    direct: "–".into(),
+                    view: format!("{:.2} ms [{:.2}–{:.2}]", hold.med, hold.min, hold.max),
+                    ratio: hold.med,
+                    goal: "≤ 1 ms",
+                    met: hold.med <= 1.0,
+                });
+            }
+        }
+    }
+
     // The copies go to memory (/dev/shm) where there is room: on disk, writing them back
     // dominates and varies fivefold from run to run, which hides what is measured here.
     let dest = shm_dir().unwrap_or_else(|| work.dir.clone());
     let d1 = dest.join("rsync-direct");
     let d2 = dest.join("rsync-view");
-    // Start each run with nothing dirty so runs compare.
-    let fresh = |d: &Path| {
-        let _ = std::fs::remove_dir_all(d);
-        let _ = Command::new("sync").status();
-    };
-    let (d, v) = time_pair(
-        runs,
-        || {
-            fresh(&d1);
-            rsync(&src, &d1);
-        },
-        || {
-            fresh(&d2);
-            rsync(&mnt, &d2);
-        },
-    );
-    rows.push(Row::timed(
-        "`rsync -a` to an empty directory (on tmpfs)",
-        d,
-        v,
-        "≤ 1.1",
-        1.1,
-    ));
-    work.umount();
+    let mut summary = String::new();
+    let mut rss_row = None;
+    if ["reads", "cold", "rsync"].iter().any(|s| o.runs_section(s)) {
+        // Reads through one mount.
+        let (_, mounted) = work.mount(&src);
+        summary = mounted;
+        eprintln!("bench: {}", summary.trim());
+        let mnt = work.mnt();
+        let (src_files, _) = list(&src);
+        let (view_files, view_entries) = list(&mnt);
+        assert_eq!(src_files.len(), view_files.len(), "the view lacks files");
 
-    // Incremental: a nightly backup of an unchanged store.
-    let d = time(runs, || rsync(&src, &d1));
-    let v = time(runs, || {
-        work.mount(&src);
-        rsync(&work.mnt(), &d2);
+        if o.runs_section("reads") {
+            for threads in [1, 4] {
+                read_all(&src_files, threads);
+                read_all(&view_files, threads);
+                let (d, v) = time_pair(
+                    runs,
+                    || {
+                        read_all(&src_files, threads);
+                    },
+                    || {
+                        read_all(&view_files, threads);
+                    },
+                );
+                rows.push(Row::timed(
+                    format!("read every file once, warm cache, {threads} thread(s)"),
+                    d,
+                    v,
+                    "≤ 1.5",
+                    1.5,
+                ));
+            }
+        }
+        if o.runs_section("cold") {
+            // Cold: as a backup runs, listing each directory and reading its files, after dropping
+            // every cache (the view's pages, dentries and attributes too).
+            if drop_caches() {
+                let cold = |root: &Path| {
+                    drop_caches();
+                    let (files, _) = list(root);
+                    read_all(&files, 1);
+                };
+                let (d, v) = time_pair(runs, || cold(&src), || cold(&mnt));
+                rows.push(Row::timed(
+                    "list and read every file once, cold cache (caches dropped), 1 thread",
+                    d,
+                    v,
+                    "≤ 1.1",
+                    1.1,
+                ));
+            } else {
+                rows.push(Row {
+                    measure: "read every file once, cold cache: NOT MEASURED (cannot drop caches)"
+                        .into(),
+                    direct: "–".into(),
+                    view: "–".into(),
+                    ratio: f64::NAN,
+                    goal: "≤ 1.1",
+                    met: false,
+                });
+            }
+        }
+        let rss = server_peak_rss_kib(&mnt).unwrap_or(0);
+        rss_row = Some((rss, view_entries));
+        if o.runs_section("rsync") {
+            // Start each run with nothing dirty so runs compare.
+            let fresh = |d: &Path| {
+                let _ = std::fs::remove_dir_all(d);
+                let _ = Command::new("sync").status();
+            };
+            let (d, v) = time_pair(
+                runs,
+                || {
+                    fresh(&d1);
+                    rsync(&src, &d1);
+                },
+                || {
+                    fresh(&d2);
+                    rsync(&mnt, &d2);
+                },
+            );
+            rows.push(Row::timed(
+                "`rsync -a` to an empty directory (on tmpfs)",
+                d,
+                v,
+                "≤ 1.1",
+                1.1,
+            ));
+        }
         work.umount();
-    });
-    rows.push(Row::timed(
-        "incremental: mount + no-op `rsync -a` + umount vs no-op `rsync -a`",
-        d,
-        v,
-        "≤ 3.0",
-        3.0,
-    ));
-    let _ = std::fs::remove_dir_all(&d1);
-    let _ = std::fs::remove_dir_all(&d2);
+    }
 
-    // Sequential read of one big file.
-    let big_src = work.dir.join("big");
-    for sub in ["cur", "new", "tmp"] {
-        std::fs::create_dir_all(big_src.join("Maildir").join(sub)).expect("mkdir");
+    if o.runs_section("incremental") {
+        // From full copies (made by the rsync rows, or here), as a nightly run finds them.
+        rsync(&src, &d1);
+        rsync(&src, &d2);
+        // Incremental: a nightly backup of an unchanged store.
+        let d = time(runs, || rsync(&src, &d1));
+        let v = time(runs, || {
+            work.mount(&src);
+            rsync(&work.mnt(), &d2);
+            work.umount();
+        });
+        rows.push(Row::timed(
+            "incremental: mount + no-op `rsync -a` + umount vs no-op `rsync -a`",
+            d,
+            v,
+            "≤ 3.0",
+            3.0,
+        ));
+        let _ = std::fs::remove_dir_all(&d1);
+        let _ = std::fs::remove_dir_all(&d2);
     }
-    let big = big_src.join("Maildir/cur/1.big:2,S");
-    {
-        let mut f = std::fs::File::create(&big).expect("create big");
-        let block = vec![0x5au8; 1 << 20];
-        for _ in 0..o.big_mib {
-            std::io::Write::write_all(&mut f, &block).expect("write big");
+
+    if o.runs_section("big") {
+        // Sequential read of one big file.
+        let big_src = work.dir.join("big");
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(big_src.join("Maildir").join(sub)).expect("mkdir");
         }
+        let big = big_src.join("Maildir/cur/1.big:2,S");
+        {
+            let mut f = std::fs::File::create(&big).expect("create big");
+            let block = vec![0x5au8; 1 << 20];
+            for _ in 0..o.big_mib {
+                std::io::Write::write_all(&mut f, &block).expect("write big");
+            }
+        }
+        work.mount(&big_src);
+        let big_view = work.mnt().join("Maildir/cur/1.big:2,S");
+        // Each run reads the file 4 times; direct and view runs alternate so that both see the
+        // same machine.
+        let one = |p: &Path| {
+            for _ in 0..4 {
+                read_all(std::slice::from_ref(&p.to_path_buf()), 1);
+            }
+        };
+        one(&big);
+        one(&big_view);
+        let (d, v) = time_pair(runs.max(5), || one(&big), || one(&big_view));
+        work.umount();
+        let mib = 4.0 * o.big_mib as f64;
+        rows.push(Row {
+            measure: format!(
+                "sequential read of a {} MiB file, warm (throughput)",
+                o.big_mib
+            ),
+            direct: format!("{:.0} MiB/s", mib / d.med),
+            view: format!("{:.0} MiB/s", mib / v.med),
+            ratio: d.med / v.med,
+            goal: "≥ 0.9",
+            met: d.med / v.med >= 0.9,
+        });
     }
-    work.mount(&big_src);
-    let big_view = work.mnt().join("Maildir/cur/1.big:2,S");
-    // Each run reads the file 4 times; direct and view runs alternate so that both see the
-    // same machine.
-    let one = |p: &Path| {
-        for _ in 0..4 {
-            read_all(std::slice::from_ref(&p.to_path_buf()), 1);
-        }
-    };
-    one(&big);
-    one(&big_view);
-    let (d, v) = time_pair(runs.max(5), || one(&big), || one(&big_view));
-    work.umount();
-    let mib = 4.0 * o.big_mib as f64;
-    rows.push(Row {
-        measure: format!(
-            "sequential read of a {} MiB file, warm (throughput)",
-            o.big_mib
-        ),
-        direct: format!("{:.0} MiB/s", mib / d.med),
-        view: format!("{:.0} MiB/s", mib / v.med),
-        ratio: d.med / v.med,
-        goal: "≥ 0.9",
-        met: d.med / v.med >= 0.9,
-    });
-    let per_entry = rss as f64 * 1024.0 / view_entries.max(1) as f64;
-    rows.push(Row {
-        measure: format!("serving process peak RSS per captured entry ({view_entries} entries)"),
-        direct: "–".into(),
-        view: format!("{} KiB peak RSS", rss),
-        ratio: per_entry,
-        goal: "≤ 150 B",
-        met: per_entry <= 150.0,
-    });
+
+    if let Some((rss, view_entries)) = rss_row {
+        let per_entry = rss as f64 * 1024.0 / view_entries.max(1) as f64;
+        rows.push(Row {
+            measure: format!(
+                "serving process peak RSS per captured entry ({view_entries} entries)"
+            ),
+            direct: "–".into(),
+            view: format!("{} KiB peak RSS", rss),
+            ratio: per_entry,
+            goal: "≤ 150 B",
+            met: per_entry <= 150.0,
+        });
+    }
 
     let table = render(&rows, &o, &summary);
     println!("{table}");

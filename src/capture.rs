@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::lock::{TryLock, UidlistLock, lock_content};
+use crate::lock::{LockTemp, TryLock, UidlistLock, lock_content};
 use crate::maildir::Account;
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
@@ -375,12 +375,17 @@ fn capture_set(
     let mut why_unlocked: Option<String> = policy.no_lock.then(|| "--no-lock given".to_owned());
     // Before any lock: what the locked listing will confirm rather than open.
     let mut prepinned = prepin(dirs, budget, watch);
+    let mut temps: Vec<Option<LockTemp>> = Vec::new();
     while why_unlocked.is_none() {
         cancelled(source)?;
         stalled(source, account, watch)?;
+        // Before the hold: each lock's file made ready (again where the last round used it
+        // up); one kept from a round before is touched, as a lock linked after a wait must
+        // look as fresh as one just created.
+        ready_locks(&mut temps, dirs, source, &content, watch);
         // A hold runs from the first lock created to the last removed, as Dovecot sees it.
         let started = Instant::now();
-        match lock_all(dirs, source, &content, watch) {
+        match lock_all(dirs, &mut temps, source, &content, watch) {
             Ok(LockRound::All(locks)) => {
                 let listed = list_all(dirs, source, budget, watch, &mut prepinned);
                 if !policy.test_hold.is_zero() {
@@ -394,32 +399,25 @@ fn capture_set(
                     drop(listed);
                     return Err(stall_error(source, account));
                 }
-                let lost: Vec<&UidlistLock> = locks
-                    .iter()
-                    .filter(|l| {
-                        watch.beat();
-                        !l.is_ours()
-                    })
-                    .collect();
-                if let Some(l) = lost.first() {
+                // Each lock is checked to have been ours throughout as it is released.
+                let lost = release_each_checked(locks, watch);
+                if let Some(l) = lost {
                     log::warn!(
                         "lock {} was overridden during capture; capturing the account again",
-                        crate::error::escape_path(l.path())
+                        crate::error::escape_path(&l)
                     );
                     if Instant::now() >= deadline {
                         why_unlocked = Some(format!(
                             "lock {} kept being overridden",
-                            crate::error::escape_path(l.path())
+                            crate::error::escape_path(&l)
                         ));
                     }
-                    release_each(locks, watch);
                     // The discarded capture's pins give their budget back as they drop.
                     drop(listed);
                     // Read again before the next round, which then holds its locks for a few
                     // `fstat`s again rather than for a listing.
                     prepinned = prepin(dirs, budget, watch);
                 } else {
-                    release_each(locks, watch);
                     let lock_hold = started.elapsed();
                     let mailboxes = listed?;
                     return Ok(AccountCapture {
@@ -457,6 +455,7 @@ fn capture_set(
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
+    drop(temps);
     let why = why_unlocked.unwrap_or_default();
     let where_ = source.join(&account.root);
     if policy.strict {
@@ -542,6 +541,30 @@ pub fn expected_entries_all(root: BorrowedFd<'_>, accounts: &[Account]) -> usize
         .sum()
 }
 
+/// Makes each mailbox's lock ready before the locks are taken (see [`LockTemp`]), in the order
+/// of `dirs`: `None` where none can be made (the lock is then created in place, which says why
+/// it cannot be, if it cannot); one already ready is touched.
+fn ready_locks(
+    temps: &mut Vec<Option<LockTemp>>,
+    dirs: &[(PathBuf, Arc<OwnedFd>)],
+    source: &Path,
+    content: &str,
+    watch: &Watch,
+) {
+    temps.resize_with(dirs.len(), || None);
+    for (slot, (rel, fd)) in temps.iter_mut().zip(dirs) {
+        match slot {
+            Some(t) => t.touch(),
+            None => {
+                *slot = LockTemp::create(fd, &source.join(rel), content)
+                    .map_err(|e| log::debug!("{e}"))
+                    .ok();
+            }
+        }
+        watch.beat();
+    }
+}
+
 enum LockRound {
     All(Vec<UidlistLock>),
     Busy(String),
@@ -551,12 +574,13 @@ enum LockRound {
 /// taken is shown to `watch` at once, so the watchdog can release it if a later try hangs.
 fn lock_all(
     dirs: &[(PathBuf, Arc<OwnedFd>)],
+    temps: &mut [Option<LockTemp>],
     source: &Path,
     content: &str,
     watch: &Watch,
 ) -> Result<LockRound> {
     let mut held = Vec::with_capacity(dirs.len());
-    let round = lock_each(dirs, source, content, watch, &mut held);
+    let round = lock_each(dirs, temps, source, content, watch, &mut held);
     if !matches!(round, Ok(LockRound::All(_))) {
         release_each(held, watch);
     }
@@ -572,15 +596,31 @@ fn release_each(locks: Vec<UidlistLock>, watch: &Watch) {
     watch.released();
 }
 
+/// Releases the locks one by one as [`release_each`] does, and returns the path of the first
+/// that was not ours any more (overridden, removed) when released, if any.
+fn release_each_checked(locks: Vec<UidlistLock>, watch: &Watch) -> Option<PathBuf> {
+    let mut lost = None;
+    for l in locks {
+        if !l.release_if_ours() && lost.is_none() {
+            lost = Some(l.path().to_owned());
+        }
+        drop(l);
+        watch.beat();
+    }
+    watch.released();
+    lost
+}
+
 fn lock_each(
     dirs: &[(PathBuf, Arc<OwnedFd>)],
+    temps: &mut [Option<LockTemp>],
     source: &Path,
     content: &str,
     watch: &Watch,
     held: &mut Vec<UidlistLock>,
 ) -> Result<LockRound> {
-    for (rel, fd) in dirs {
-        let tried = UidlistLock::try_lock(fd, &source.join(rel), content)?;
+    for ((rel, fd), slot) in dirs.iter().zip(temps.iter_mut()) {
+        let tried = UidlistLock::try_lock_prepared(slot, fd, &source.join(rel), content)?;
         watch.beat();
         match tried {
             TryLock::Locked(l) => {
@@ -675,29 +715,27 @@ fn capture_mailbox_with(
     watch: &Watch,
     pre: Option<&mut PrePinned>,
 ) -> Result<MailboxCapture> {
-    let mut unreadable = Vec::new();
-    let new = open_messages_dir(dir, path, names::NEW, &mut unreadable)?;
-    let cur = open_messages_dir(dir, path, names::CUR, &mut unreadable)?;
-    watch.beat();
     let mut pre = pre;
     let (control, left_out) = match pre.as_mut().and_then(|p| p.unchanged_control(dir, control)) {
         Some(files) => (files, Vec::new()),
         None => read_control_files(dir, path, control, watch, log::Level::Warn),
     };
-    if let Some(listing) = pre
-        .as_mut()
-        .and_then(|p| p.unchanged_listing(&new, &cur, path))
-    {
+    watch.beat();
+    if let Some(listing) = pre.as_mut().and_then(|p| p.unchanged_listing(dir)) {
         return Ok(MailboxCapture {
             control,
             new: listing.new,
             cur: listing.cur,
             settled: true,
             pin_time: Duration::ZERO,
-            unreadable,
+            unreadable: Vec::new(),
             left_out,
         });
     }
+    let mut unreadable = Vec::new();
+    let new = open_messages_dir(dir, path, names::NEW, &mut unreadable)?;
+    let cur = open_messages_dir(dir, path, names::CUR, &mut unreadable)?;
+    watch.beat();
     if let Some(p) = pre.as_mut() {
         if p.listing.is_some() || p.by_name.iter().any(|m| !m.is_empty()) {
             log::debug!(
@@ -905,17 +943,16 @@ fn stamps_are_live(fd: BorrowedFd<'_>) -> bool {
 }
 
 impl PrePinned {
-    /// The listing made before the lock, if `new` and `cur` (opened under it) are the same
+    /// The listing made before the lock, if the mailbox's `new/` and `cur/` are still the same
     /// directories with the same stamps: nothing was added, removed or renamed in them since.
-    fn unchanged_listing(
-        &mut self,
-        new: &Option<OwnedFd>,
-        cur: &Option<OwnedFd>,
-        path: &Path,
-    ) -> Option<PreListing> {
+    /// Two `lstat`s under the lock (an open, `fstat` and close of each would be six).
+    fn unchanged_listing(&mut self, mailbox: BorrowedFd<'_>) -> Option<PreListing> {
         let l = self.listing.as_ref()?;
-        let now = (dir_stamp(new, path).ok()?, dir_stamp(cur, path).ok()?);
-        (new.is_some() && cur.is_some() && now == l.stamps).then(|| self.listing.take())?
+        let now = (
+            dir_stamp_at(mailbox, names::NEW)?,
+            dir_stamp_at(mailbox, names::CUR)?,
+        );
+        (now == l.stamps).then(|| self.listing.take())?
     }
 
     /// The control files read before the lock, if each is still the same file with the same
@@ -1140,6 +1177,18 @@ fn dir_stamp(fd: &Option<OwnedFd>, path: &Path) -> Result<DirStamp> {
     };
     let st = sys::fstat(fd.as_fd()).map_err(|e| Error::io("cannot stat", path, e))?;
     Ok((
+        st.st_ino,
+        st.st_mtime,
+        st.st_mtime_nsec,
+        st.st_ctime,
+        st.st_ctime_nsec,
+    ))
+}
+
+/// The stamp of the directory `sub` of `mailbox` by its name, if it is a directory.
+fn dir_stamp_at(mailbox: BorrowedFd<'_>, sub: &[u8]) -> Option<DirStamp> {
+    let st = sys::lstat_at(mailbox, OsStr::from_bytes(sub)).ok()?;
+    (st.st_mode & libc::S_IFMT == libc::S_IFDIR).then_some((
         st.st_ino,
         st.st_mtime,
         st.st_mtime_nsec,

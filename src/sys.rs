@@ -245,6 +245,83 @@ pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
 }
 
+/// A file without a name in directory `dir` (`O_TMPFILE`), read-write, mode 0666 less the
+/// umask; it gets a name only through [`link_fd_at`].
+pub fn tmpfile_in(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    openat(dir, OsStr::new("."), libc::O_TMPFILE | libc::O_RDWR)
+}
+
+/// Gives the file open as `fd` (an `O_TMPFILE` never linked) the name `name` in `dir`; fails
+/// with `EEXIST` if the name exists, as `O_EXCL` would. `AT_EMPTY_PATH` where the process may
+/// (`CAP_DAC_READ_SEARCH`), else through `/proc/self/fd`.
+pub fn link_fd_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let n = cstring(name)?;
+    // SAFETY: `fd` and `dir` are live for the borrows; both names are NUL-terminated and
+    // outlive the call.
+    let r = cvt(unsafe {
+        libc::linkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    });
+    match r {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {
+            let proc = cstring(OsStr::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())))?;
+            // SAFETY: as above; the /proc name is resolved to the open file itself.
+            cvt(unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    proc.as_ptr(),
+                    dir.as_raw_fd(),
+                    n.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            })
+            .map(drop)
+        }
+        other => other.map(drop),
+    }
+}
+
+/// Reads into `buf` from `offset` only what the page cache holds (`preadv2(RWF_NOWAIT)`), and
+/// says how many bytes: 0 when the first page is not cached (`EAGAIN`), or where the
+/// filesystem cannot tell.
+pub fn pread_nowait(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> usize {
+    let mut done = 0;
+    while done < buf.len() {
+        let iov = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: buf.len() - done,
+        };
+        // SAFETY: `iov` describes the writable rest of `buf`, which outlives the call; `fd`
+        // is live for the borrow.
+        let n = unsafe {
+            libc::preadv2(
+                fd.as_raw_fd(),
+                &iov,
+                1,
+                (offset + done as u64) as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    done
+}
+
+/// Drops the file's clean pages from the page cache (`POSIX_FADV_DONTNEED`); a hint, so any
+/// error is ignored.
+pub fn drop_cached(fd: BorrowedFd<'_>) {
+    // SAFETY: a hint on a live fd; no memory is passed.
+    let _ = unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
 /// Sets the atime and mtime of the open file to now (`futimens(fd, NULL)`), as Dovecot's
 /// `file_dotlock_touch()` does with `utime()`.
 pub fn touch_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
