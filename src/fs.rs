@@ -15,8 +15,8 @@ use std::ffi::OsStr;
 use std::num::NonZeroUsize;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -28,6 +28,7 @@ use fuser::{
 use lru::LruCache;
 use parking_lot::Mutex;
 
+use crate::readahead::{PageStore, ReadAhead};
 use crate::snapshot::{Ino, Kind, NodeIdx, Snapshot};
 use crate::source::{self, Opened, Source};
 use crate::view::{At, Evicted, View};
@@ -97,6 +98,8 @@ pub struct MaildirFs {
     fds: Mutex<LruCache<FileKey, Opened>>,
     /// Handles are never reused while mounted.
     next_fh: AtomicU64,
+    /// The read-ahead across files, once the kernel's notifier exists (no-open mode only).
+    ahead: Arc<OnceLock<ReadAhead>>,
 }
 
 /// A directory listing to answer: the directory, its parent's node id (for `..`).
@@ -114,7 +117,13 @@ impl MaildirFs {
                 NonZeroUsize::new(FD_CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
             next_fh: AtomicU64::new(1),
+            ahead: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Where the read-ahead goes once the session's notifier exists ([`start_read_ahead`]).
+    pub fn ahead_slot(&self) -> Arc<OnceLock<ReadAhead>> {
+        Arc::clone(&self.ahead)
     }
 
     /// The read path in use, readable after the mount (for the summary).
@@ -247,6 +256,10 @@ impl MaildirFs {
         size: u32,
     ) -> Result<Vec<u8>, Errno> {
         let at = self.node(ino)?;
+        if let Some(ahead) = self.ahead.get() {
+            // Before this read, so that the files after it are read while it is.
+            ahead.on_read(&at.snap, at.idx, offset);
+        }
         let opened = self.opened_for(fh, &at)?;
         let len = at.snap.node(at.idx).attr.size;
         let data = source::read_at(&opened, len, offset, size).map_err(|e| {
@@ -262,6 +275,34 @@ impl MaildirFs {
             .bytes_served
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data)
+    }
+}
+
+/// The kernel's page cache, reached through the session's notifier (`FUSE_NOTIFY_STORE`).
+struct KernelStore(fuser::Notifier);
+
+impl PageStore for KernelStore {
+    fn store(&self, ino: Ino, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.store(INodeNo(ino.0), offset, data)
+    }
+}
+
+/// Starts the read-ahead across files into `slot` (see `readahead.rs`). Passthrough mode
+/// needs none: the kernel reads the source files itself.
+pub fn start_read_ahead(
+    slot: &OnceLock<ReadAhead>,
+    source: &Arc<Source>,
+    notifier: fuser::Notifier,
+    read_path: ReadPath,
+) {
+    if read_path == ReadPath::Passthrough {
+        return;
+    }
+    match ReadAhead::start(Arc::clone(source), Box::new(KernelStore(notifier))) {
+        Ok(ahead) => {
+            let _ = slot.set(ahead);
+        }
+        Err(e) => log::warn!("cannot start the read-ahead: {e}; reading file by file"),
     }
 }
 

@@ -41,6 +41,7 @@ pub mod maildir;
 pub mod mount;
 pub mod options;
 pub mod pin;
+pub mod readahead;
 pub mod report;
 pub mod runtime;
 pub mod select;

@@ -1029,6 +1029,7 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     let source = Arc::new(Source::new(checked.source_fd, checked.source.clone()));
     let fs = MaildirFs::new(Arc::clone(&view), Arc::clone(&source), opts.passthrough);
     let read_path = fs.read_path();
+    let ahead = fs.ahead_slot();
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -1062,6 +1063,12 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     *stopper = Some(session.unmount_callable());
     drop(stopper);
     crate::fs::notify_evictions(&view, session.notifier());
+    crate::fs::start_read_ahead(
+        &ahead,
+        &source,
+        session.notifier(),
+        ReadPath::from_u8(read_path.load(std::sync::atomic::Ordering::Relaxed)),
+    );
     // The kernel has connected (init ran): say how reads are served.
     let summary = match ReadPath::from_u8(read_path.load(std::sync::atomic::Ordering::Relaxed)) {
         ReadPath::Passthrough => {
@@ -1181,6 +1188,12 @@ fn unmount_line(mountpoint: &Path, live: &Live) -> String {
         }
         line.push_str("; ");
     }
+    line.push_str(&format!(
+        "{} files ({}) read ahead, {} reads late for them; ",
+        live.ahead_files,
+        human_bytes(live.ahead_bytes),
+        live.ahead_late,
+    ));
     line.push_str(&format!(
         "{} files renamed in the source were served from their new names, {} vanished, {} failed to read",
         live.refound, live.vanished, live.read_errors,

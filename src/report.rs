@@ -95,6 +95,11 @@ pub struct Live {
     pub bytes_served: u64,
     /// READ requests answered.
     pub reads: u64,
+    /// Files and bytes read ahead into the kernel's cache, and READs that still reached
+    /// maildirfs for files of a read-ahead window (too late, or wasted).
+    pub ahead_files: u64,
+    pub ahead_bytes: u64,
+    pub ahead_late: u64,
     /// The working set: accounts captured, again, never, evicted, failed.
     pub view: crate::view::Counts,
 }
@@ -150,6 +155,9 @@ impl MountReport {
             ("refound", self.live.refound.to_string()),
             ("bytes_served", self.live.bytes_served.to_string()),
             ("read_requests", self.live.reads.to_string()),
+            ("ahead_files", self.live.ahead_files.to_string()),
+            ("ahead_bytes", self.live.ahead_bytes.to_string()),
+            ("ahead_late", self.live.ahead_late.to_string()),
             ("accounts_captured", self.live.view.captured.to_string()),
             (
                 "accounts_captured_again",
@@ -203,6 +211,9 @@ impl MountReport {
                 "refound" => r.live.refound = n(),
                 "bytes_served" => r.live.bytes_served = n(),
                 "read_requests" => r.live.reads = n(),
+                "ahead_files" => r.live.ahead_files = n(),
+                "ahead_bytes" => r.live.ahead_bytes = n(),
+                "ahead_late" => r.live.ahead_late = n(),
                 "accounts_captured" => r.live.view.captured = n(),
                 "accounts_captured_again" => r.live.view.recaptured = n(),
                 "accounts_never_captured" => r.live.view.never = n(),
@@ -294,6 +305,9 @@ impl MountReport {
             ("renamed_files_refound", self.live.refound.into()),
             ("bytes_served", self.live.bytes_served.into()),
             ("read_requests", self.live.reads.into()),
+            ("files_read_ahead", self.live.ahead_files.into()),
+            ("bytes_read_ahead", self.live.ahead_bytes.into()),
+            ("reads_late_for_read_ahead", self.live.ahead_late.into()),
             ("accounts_captured", self.live.view.captured.into()),
             ("accounts_captured_again", self.live.view.recaptured.into()),
             ("accounts_never_captured", self.live.view.never.into()),
@@ -374,9 +388,12 @@ impl MountReport {
             ));
         }
         s.push_str(&format!(
-            "  served so far: {} read from the source in {} reads; {} vanished, {} read errors, {} renamed files refound\n",
+            "  served so far: {} read from the source in {} reads, {} files ({}) read ahead ({} reads late); {} vanished, {} read errors, {} renamed files refound\n",
             crate::mount::human_bytes(self.live.bytes_served),
             self.live.reads,
+            self.live.ahead_files,
+            crate::mount::human_bytes(self.live.ahead_bytes),
+            self.live.ahead_late,
             self.live.vanished,
             self.live.read_errors,
             self.live.refound,

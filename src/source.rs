@@ -47,6 +47,11 @@ pub struct Source {
     /// Bytes read from SOURCE for the kernel, and READ requests answered.
     pub bytes_served: AtomicU64,
     pub reads: AtomicU64,
+    /// Files and bytes read ahead into the kernel's cache (`readahead.rs`), and READs that
+    /// still reached maildirfs for files of a read-ahead window (too late, or wasted).
+    pub ahead_files: AtomicU64,
+    pub ahead_bytes: AtomicU64,
+    pub ahead_late: AtomicU64,
 }
 
 /// An open file of the image.
@@ -69,6 +74,9 @@ impl Source {
             refound: AtomicU64::new(0),
             bytes_served: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            ahead_files: AtomicU64::new(0),
+            ahead_bytes: AtomicU64::new(0),
+            ahead_late: AtomicU64::new(0),
         }
     }
 
@@ -84,6 +92,9 @@ impl Source {
             refound: self.refound.load(Ordering::Relaxed),
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
+            ahead_files: self.ahead_files.load(Ordering::Relaxed),
+            ahead_bytes: self.ahead_bytes.load(Ordering::Relaxed),
+            ahead_late: self.ahead_late.load(Ordering::Relaxed),
             view: crate::view::Counts::default(),
         }
     }
@@ -95,6 +106,16 @@ impl Source {
 
     /// Opens the bytes of regular-file node `idx`.
     pub fn open(&self, snap: &Snapshot, idx: NodeIdx) -> Result<Opened> {
+        self.open_as(snap, idx, true)
+    }
+
+    /// [`Source::open`] for a file no reader has asked for yet (the read-ahead): a file gone or
+    /// unreadable is neither logged nor counted; the reader's own READ will be.
+    pub fn open_quiet(&self, snap: &Snapshot, idx: NodeIdx) -> Result<Opened> {
+        self.open_as(snap, idx, false)
+    }
+
+    fn open_as(&self, snap: &Snapshot, idx: NodeIdx, report: bool) -> Result<Opened> {
         let content = match snap.node(idx).kind {
             Kind::File(c) => c,
             Kind::Dir { .. } => {
@@ -129,6 +150,7 @@ impl Source {
                 };
                 match opened {
                     Ok(f) => return Ok(Opened::File(Arc::new(f))),
+                    Err(_) if !report => {}
                     Err(e) => log::warn!(
                         "cannot reopen pinned {}: {e}",
                         escape_path(&self.path.join(snap.rel_path(link)))
@@ -157,6 +179,9 @@ impl Source {
         }
         let err = last.unwrap_or_else(|| errno(libc::ENOENT));
         let path = self.path.join(snap.rel_path(idx));
+        if !report {
+            return Err(Error::io("cannot open", path, err));
+        }
         if !is_gone(&err) {
             // Still there but not readable now (a mailbox made unreadable, an I/O error): the
             // reader gets that error, the log names the file once.
