@@ -46,7 +46,8 @@ pub enum Cmd {
         mountpoint: PathBuf,
     },
     /// Show every mounted view (or one): source, capture time, counts, accounts captured
-    /// without a lock, longest lock hold, pinned files, files vanished and bytes served so far.
+    /// without a lock, longest lock hold, pinned files, files vanished, bytes served and files
+    /// read ahead so far.
     Status {
         /// Only this view.
         mountpoint: Option<PathBuf>,
