@@ -19,9 +19,10 @@
 //! that were cached before (Dovecot's hot mail) are left alone: a file is first read with
 //! `RWF_NOWAIT`, which reads only what is cached.
 //!
-//! Memory: at most [`MAX_BYTES`] of files are queued or being read at once, each file at most
-//! [`MAX_FILE`] (larger ones keep the kernel's own readahead). Streams hold their snapshot
-//! weakly: an account that leaves the working set is not kept by its read-ahead.
+//! Memory: at most [`MAX_BYTES`] of files are queued at once, and [`WORKERS`] files (each at
+//! most [`MAX_FILE`]; larger ones keep the kernel's own readahead) are in memory. Streams hold
+//! their snapshot weakly: an account that leaves the working set is not kept by its
+//! read-ahead.
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
@@ -47,8 +48,9 @@ pub const MAX_FILES: u32 = 64;
 pub const MAX_BYTES: u64 = 16 << 20;
 /// Files larger than this are left to the kernel's own readahead.
 pub const MAX_FILE: u64 = 1 << 20;
-/// Threads that read ahead: several reads in flight keep the disk busy.
-pub const WORKERS: usize = 4;
+/// Threads that read ahead: several reads in flight keep the disk busy (8 read a cold store
+/// here 15 % faster than 4; 16 no faster than 8).
+pub const WORKERS: usize = 8;
 /// Directories read through at once (several readers, or a reader going in and out).
 const STREAMS: usize = 16;
 /// The page left out of a marker's store.
