@@ -149,7 +149,7 @@ impl UidlistLock {
         mailbox: &Path,
         content: &str,
     ) -> Result<TryLock> {
-        let Some(temp) = slot.as_ref() else {
+        let Some(temp) = slot.take() else {
             return Self::try_lock(dir, mailbox, content);
         };
         let path = mailbox.join(UIDLIST_LOCK);
@@ -157,13 +157,12 @@ impl UidlistLock {
         for _ in 0..2 {
             match sys::link_fd_at(temp.file.as_fd(), dir.as_fd(), name) {
                 Ok(()) => {
-                    let Some(t) = slot.take() else { break };
                     let held = Held {
                         dir: Arc::clone(dir),
                         path,
-                        file: t.file,
-                        dev: t.dev,
-                        ino: t.ino,
+                        file: temp.file,
+                        dev: temp.dev,
+                        ino: temp.ino,
                         content: content.to_owned(),
                         state: AtomicU8::new(HELD),
                     };
@@ -172,17 +171,19 @@ impl UidlistLock {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     match override_if_stale(dir, &path)? {
                         Staleness::Overridden => continue,
-                        Staleness::Held(who) => return Ok(TryLock::Busy(who)),
+                        Staleness::Held(who) => {
+                            // Still unlinked: ready for the next round.
+                            *slot = Some(temp);
+                            return Ok(TryLock::Busy(who));
+                        }
                     }
                 }
                 // It cannot be linked here (no hard links, no /proc for the fd): the lock is
-                // created in place.
-                Err(_) => {
-                    *slot = None;
-                    return Self::try_lock(dir, mailbox, content);
-                }
+                // created in place, and the file made ready goes.
+                Err(_) => return Self::try_lock(dir, mailbox, content),
             }
         }
+        *slot = Some(temp);
         Ok(TryLock::Busy("re-created while we overrode it".to_owned()))
     }
 
@@ -239,9 +240,10 @@ impl UidlistLock {
     }
 
     /// Releases the lock, and says whether it was still ours, held by us without a break,
-    /// until this release removed it (a second release does nothing and says false): the check a capture needs that its locks held
-    /// throughout, made by the release itself rather than by an `lstat` and a read more
-    /// under the locks. A lock that could not be removed is tried again as it drops.
+    /// until this release removed it (a second release does nothing and says false): the
+    /// check a capture needs that its locks held throughout, made by the release itself
+    /// rather than by an `lstat` and a read more under the locks. A lock that could not be
+    /// removed is tried again as it drops.
     pub fn release_if_ours(&self) -> bool {
         self.held.release(Release::Checked) == Some(Outcome::Removed)
     }

@@ -17,7 +17,12 @@
 //! Pages of SOURCE that the read-ahead itself brought in are dropped once stored
 //! (`POSIX_FADV_DONTNEED`): every message would otherwise sit in the page cache twice. Pages
 //! that were cached before (Dovecot's hot mail) are left alone: a file is first read with
-//! `RWF_NOWAIT`, which reads only what is cached.
+//! `RWF_NOWAIT`, which reads only what is cached; where the filesystem cannot do that (NFS),
+//! nothing is dropped.
+//!
+//! A store the kernel could not make (it no longer had the inode: fuser's notifier reports
+//! that as success) still counts as read ahead; the reader's READ then reads the file as it
+//! would without read-ahead.
 //!
 //! Memory: at most [`MAX_BYTES`] of files are queued at once, and [`WORKERS`] files (each at
 //! most [`MAX_FILE`]; larger ones keep the kernel's own readahead) are in memory. Streams hold
@@ -53,8 +58,6 @@ pub const MAX_FILE: u64 = 1 << 20;
 pub const WORKERS: usize = 8;
 /// Directories read through at once (several readers, or a reader going in and out).
 const STREAMS: usize = 16;
-/// The page left out of a marker's store.
-const PAGE: u64 = 4096;
 
 /// The read-ahead of one mount.
 pub struct ReadAhead {
@@ -70,6 +73,8 @@ impl std::fmt::Debug for ReadAhead {
 struct Shared {
     source: Arc<Source>,
     store: Box<dyn PageStore>,
+    /// The page size: a marker's first page is left out of its store.
+    page: u64,
     /// Protected by this mutex; `wake` tells the workers of new jobs or of the end.
     state: Mutex<State>,
     wake: Condvar,
@@ -116,6 +121,7 @@ impl ReadAhead {
         let shared = Arc::new(Shared {
             source,
             store,
+            page: sys::page_size(),
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
         });
@@ -134,16 +140,23 @@ impl ReadAhead {
         if offset != 0 || !candidate(snap, idx) {
             return;
         }
-        let node = snap.node(idx);
-        let dir = node.parent;
+        let mut st = self.shared.state.lock();
+        // A READ names the inode, whose node is its first path: for a file with several
+        // (Dovecot copies by hard link), the path in a directory being read through is the
+        // one the reader is at.
+        let idx = if snap.node(idx).attr.nlink > 1 {
+            let ino = snap.node(idx).attr.ino;
+            snap.links(ino)
+                .find(|l| st.stream_of(snap, snap.node(*l).parent).is_some())
+                .unwrap_or(idx)
+        } else {
+            idx
+        };
+        let dir = snap.node(idx).parent;
         let Kind::Dir { first, count } = snap.node(dir).kind else {
             return;
         };
-        let mut st = self.shared.state.lock();
-        let at = st
-            .streams
-            .iter()
-            .position(|s| s.dir == dir && std::ptr::eq(s.snap.as_ptr(), Arc::as_ptr(snap)));
+        let at = st.stream_of(snap, dir);
         let mut stream = match at {
             Some(i) => st.streams.remove(i),
             None => Stream {
@@ -189,13 +202,15 @@ impl ReadAhead {
             }
             stream.reader = i;
         }
-        self.shared.schedule(&mut st, &mut stream, snap);
+        let queued = self.shared.schedule(&mut st, &mut stream, snap);
         st.streams.push(stream);
         if st.streams.len() > STREAMS {
             st.streams.remove(0);
         }
         drop(st);
-        self.shared.wake.notify_all();
+        for _ in 0..queued.min(WORKERS) {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Whether nothing is queued or being read.
@@ -222,6 +237,13 @@ fn candidate(snap: &Snapshot, idx: NodeIdx) -> bool {
 }
 
 impl State {
+    /// The position of the stream through directory `dir` of `snap`, if there is one.
+    fn stream_of(&self, snap: &Arc<Snapshot>, dir: NodeIdx) -> Option<usize> {
+        self.streams
+            .iter()
+            .position(|s| s.dir == dir && std::ptr::eq(s.snap.as_ptr(), Arc::as_ptr(snap)))
+    }
+
     /// Drops the queued jobs of directory `dir` of `snap` for files before `before`.
     fn cancel_before(&mut self, snap: &Arc<Snapshot>, dir: NodeIdx, before: u32) {
         let mut freed = 0;
@@ -242,11 +264,12 @@ impl Shared {
     /// Queues the files of `stream` up to its window ahead of the reader, within the bytes
     /// allowed. The marker is the first file queued at least half a window ahead: when the
     /// reader gets there, half a window is still in the cache ahead of it while the next
-    /// files are read.
-    fn schedule(&self, st: &mut State, stream: &mut Stream, snap: &Arc<Snapshot>) {
+    /// files are read. Returns how many files it queued.
+    fn schedule(&self, st: &mut State, stream: &mut Stream, snap: &Arc<Snapshot>) -> usize {
         let until = stream.end.min(stream.reader + 1 + stream.window);
         let target = stream.next.max(stream.reader + 1 + stream.window / 2);
         let (mut marker, mut last) = (None, None);
+        let mut count = 0;
         while stream.next < until {
             let idx = NodeIdx(stream.next);
             if !candidate(snap, idx) {
@@ -264,6 +287,7 @@ impl Shared {
                 size,
                 marker: false,
             });
+            count += 1;
             let queued = st.queue.len() - 1;
             if marker.is_none() && idx.0 >= target {
                 marker = Some(queued);
@@ -275,6 +299,7 @@ impl Shared {
             st.queue[m].marker = true;
             stream.marker = Some(st.queue[m].idx.0);
         }
+        count
     }
 
     fn work(&self) {
@@ -307,9 +332,10 @@ impl Shared {
         };
         let len = job.size as usize;
         let mut buf = vec![0u8; len];
-        // What SOURCE had cached before stays cached; what this read brings in is dropped.
+        // What SOURCE had cached before stays cached; what this read brings in is dropped,
+        // where the filesystem can tell the two apart.
         let cached = sys::pread_nowait(file.as_fd(), &mut buf, 0);
-        let mut done = cached;
+        let mut done = cached.unwrap_or(0);
         while done < len {
             match std::os::unix::fs::FileExt::read_at(&*file, &mut buf[done..], done as u64) {
                 Ok(0) => return,
@@ -318,19 +344,31 @@ impl Shared {
                 Err(_) => return,
             }
         }
-        let from = if job.marker { PAGE.min(job.size) } else { 0 };
+        let from = if job.marker {
+            self.page.min(job.size)
+        } else {
+            0
+        };
         let stored = from == job.size
             || self
                 .store
                 .store(snap.ino_of(job.idx), from, &buf[from as usize..])
                 .is_ok();
-        // A marker's first page is read by the reader soon: its SOURCE pages stay.
-        if cached < len && !job.marker {
-            sys::drop_cached(file.as_fd());
+        if !stored {
+            return;
+        }
+        if let Some(c) = cached {
+            // From the first page that was not cached; a marker's first page is read by the
+            // reader soon, from SOURCE's cache.
+            let keep = (c as u64).div_ceil(self.page) * self.page;
+            let drop_from = keep.max(from);
+            if drop_from < job.size {
+                sys::drop_cached(file.as_fd(), drop_from);
+            }
         }
         // Counted are the files the reader gets whole from the cache: a marker's READ is
         // one of the READs the counters leave to the reader.
-        if stored && !job.marker {
+        if !job.marker {
             snap.mark_read(job.idx);
             let s = &self.source;
             s.ahead_files.fetch_add(1, Ordering::Relaxed);

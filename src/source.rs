@@ -172,7 +172,10 @@ impl Source {
         if content == Content::Message && gone {
             for link in links() {
                 if let Some(f) = self.refind_message(snap, link) {
-                    self.refound.fetch_add(1, Ordering::Relaxed);
+                    // Counted once, by the open made for a reader.
+                    if report {
+                        self.refound.fetch_add(1, Ordering::Relaxed);
+                    }
                     return Ok(Opened::File(Arc::new(f)));
                 }
             }

@@ -256,19 +256,24 @@ pub fn tmpfile_in(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// (`CAP_DAC_READ_SEARCH`), else through `/proc/self/fd`.
 pub fn link_fd_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let n = cstring(name)?;
-    // SAFETY: `fd` and `dir` are live for the borrows; both names are NUL-terminated and
-    // outlive the call.
-    let r = cvt(unsafe {
-        libc::linkat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            dir.as_raw_fd(),
-            n.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    });
+    let r = if EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
+        Err(io::Error::from_raw_os_error(libc::ENOENT))
+    } else {
+        // SAFETY: `fd` and `dir` are live for the borrows; both names are NUL-terminated and
+        // outlive the call.
+        cvt(unsafe {
+            libc::linkat(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                dir.as_raw_fd(),
+                n.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        })
+    };
     match r {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {
+            EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed);
             let proc = cstring(OsStr::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())))?;
             // SAFETY: as above; the /proc name is resolved to the open file itself.
             cvt(unsafe {
@@ -287,9 +292,9 @@ pub fn link_fd_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::
 }
 
 /// Reads into `buf` from `offset` only what the page cache holds (`preadv2(RWF_NOWAIT)`), and
-/// says how many bytes: 0 when the first page is not cached (`EAGAIN`), or where the
-/// filesystem cannot tell.
-pub fn pread_nowait(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> usize {
+/// says how many bytes: 0 when the first page is not cached (`EAGAIN`); `None` where the
+/// filesystem cannot tell (`EOPNOTSUPP`: NFS, FUSE, ...).
+pub fn pread_nowait(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Option<usize> {
     let mut done = 0;
     while done < buf.len() {
         let iov = libc::iovec {
@@ -307,20 +312,45 @@ pub fn pread_nowait(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> usize {
                 libc::RWF_NOWAIT,
             )
         };
-        if n <= 0 {
+        if n < 0 {
+            let e = io::Error::last_os_error().raw_os_error();
+            if done == 0 && matches!(e, Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)) {
+                return None;
+            }
+            break;
+        }
+        if n == 0 {
             break;
         }
         done += n as usize;
     }
-    done
+    Some(done)
 }
 
-/// Drops the file's clean pages from the page cache (`POSIX_FADV_DONTNEED`); a hint, so any
-/// error is ignored.
-pub fn drop_cached(fd: BorrowedFd<'_>) {
+/// Drops the file's clean pages from `from` to its end from the page cache
+/// (`POSIX_FADV_DONTNEED`); a hint, so any error is ignored.
+pub fn drop_cached(fd: BorrowedFd<'_>, from: u64) {
     // SAFETY: a hint on a live fd; no memory is passed.
-    let _ = unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let _ = unsafe {
+        libc::posix_fadvise(
+            fd.as_raw_fd(),
+            from as libc::off_t,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
 }
+
+/// The size of a memory page.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the system.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u64 } else { 4096 }
+}
+
+/// Set once `linkat(AT_EMPTY_PATH)` was refused (no `CAP_DAC_READ_SEARCH`): every later link
+/// goes through `/proc/self/fd` at once, not after a failed try under the locks.
+static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Sets the atime and mtime of the open file to now (`futimens(fd, NULL)`), as Dovecot's
 /// `file_dotlock_touch()` does with `utime()`.
