@@ -110,7 +110,8 @@ pub struct MountArgs {
     /// Mount options, comma-separated, fstab style: ro, allow_other, exclude_indexes,
     /// no_lock, strict_lock, lock_timeout=SECS, stall_timeout=SECS, lock_host=NAME,
     /// include=GLOB, exclude=GLOB, capture=MODE, working_set=FILES,
-    /// log_file=PATH, summary_json=PATH, passthrough (noauto, nofail, _netdev, ... ignored).
+    /// log_file=PATH, summary_json=PATH, passthrough, no_read_ahead (noauto, nofail, _netdev,
+    /// ... ignored).
     #[arg(short = 'o', value_name = "OPTS")]
     pub options: Vec<String>,
     /// Stay in the foreground and serve until unmounted or stopped (for systemd or debugging).
@@ -153,6 +154,11 @@ pub struct MountArgs {
     /// for many small files).
     #[arg(long)]
     pub passthrough: bool,
+    /// Read each file only when a reader asks for it. Default: when a directory's files are
+    /// read in order, the next ones are read ahead, several at a time, into the kernel's cache
+    /// (a cold backup then runs faster than reading the source directly).
+    #[arg(long)]
+    pub no_read_ahead: bool,
 }
 
 impl MountArgs {
@@ -175,6 +181,7 @@ impl MountArgs {
         o.log_file = self.log_file;
         o.summary_json = self.summary_json;
         o.passthrough = self.passthrough;
+        o.no_read_ahead = self.no_read_ahead;
         o.capture = self.capture.parse()?;
         o.working_set = self.working_set.map(|n| n as usize);
         o.lock_host = self.lock_host;

@@ -287,15 +287,16 @@ impl PageStore for KernelStore {
     }
 }
 
-/// Starts the read-ahead across files into `slot` (see `readahead.rs`). Passthrough mode
-/// needs none: the kernel reads the source files itself.
+/// Starts the read-ahead across files into `slot` (see `readahead.rs`), unless `off`
+/// (`--no-read-ahead`). Passthrough mode needs none: the kernel reads the source files itself.
 pub fn start_read_ahead(
     slot: &OnceLock<ReadAhead>,
     source: &Arc<Source>,
     notifier: fuser::Notifier,
     read_path: ReadPath,
+    off: bool,
 ) {
-    if read_path == ReadPath::Passthrough {
+    if off || read_path == ReadPath::Passthrough {
         return;
     }
     match ReadAhead::start(Arc::clone(source), Box::new(KernelStore(notifier))) {

@@ -1068,6 +1068,7 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
         &source,
         session.notifier(),
         ReadPath::from_u8(read_path.load(std::sync::atomic::Ordering::Relaxed)),
+        opts.no_read_ahead,
     );
     // The kernel has connected (init ran): say how reads are served.
     let summary = match ReadPath::from_u8(read_path.load(std::sync::atomic::Ordering::Relaxed)) {

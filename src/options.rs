@@ -28,6 +28,9 @@ pub struct MountOptions {
     pub log_file: Option<PathBuf>,
     /// `-o passthrough`: let the kernel read file contents straight from the source files.
     pub passthrough: bool,
+    /// `--no-read-ahead`: serve each file only when read, without reading the next ones of
+    /// its directory ahead into the kernel's cache.
+    pub no_read_ahead: bool,
     /// `--lock-host NAME`: the host written into our locks (containers; see `lock.rs`).
     pub lock_host: Option<String>,
     /// `--include`/`--exclude`: which accounts (paths relative to SOURCE) the view holds.
@@ -81,6 +84,7 @@ impl MountOptions {
             verbosity: 0,
             log_file: None,
             passthrough: false,
+            no_read_ahead: false,
             lock_host: None,
             selection: crate::select::Selection::default(),
             summary_json: None,
@@ -122,6 +126,7 @@ impl MountOptions {
                 ("strict_lock", None) => self.strict_lock = true,
                 ("foreground", None) => self.foreground = true,
                 ("passthrough", None) => self.passthrough = true,
+                ("no_read_ahead", None) => self.no_read_ahead = true,
                 ("lock_timeout", Some(v)) => {
                     let secs: u64 = v
                         .parse()
@@ -182,8 +187,10 @@ mod tests {
             "ro,noauto,allow_other,exclude_indexes,lock_timeout=5,dev,suid,x-systemd.automount",
         )
         .unwrap();
-        assert!(o.allow_other && o.exclude_indexes);
+        assert!(o.allow_other && o.exclude_indexes && !o.no_read_ahead);
         assert_eq!(o.lock_timeout, Duration::from_secs(5));
+        o.apply_o("no_read_ahead").unwrap();
+        assert!(o.no_read_ahead);
         assert!(o.apply_o("rw").is_err());
         assert!(o.apply_o("bogus").unwrap_err().contains("bogus"));
         assert!(o.apply_o("lock_timeout=x").is_err());

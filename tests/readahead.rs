@@ -54,10 +54,13 @@ struct Served {
     late: u64,
 }
 
-/// Mounts, runs `read` on the view, unmounts, and says what the counters say.
-fn serve(fx: &Fixture, read: impl FnOnce(&Path)) -> Served {
+/// Mounts (with `extra` options), runs `read` on the view, unmounts, and says what the
+/// counters say.
+fn serve(fx: &Fixture, extra: &[&str], read: impl FnOnce(&Path)) -> Served {
     let summary = fx.dir.join("summary.json");
-    let m = Mounted::new(fx, &["--summary-json", summary.to_str().unwrap()]);
+    let mut args = vec!["--summary-json", summary.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let m = Mounted::new(fx, &args);
     read(&m.mnt);
     // Whatever is still being read ahead finishes before the counters are final.
     std::thread::sleep(Duration::from_millis(300));
@@ -77,7 +80,7 @@ fn a_directory_read_in_order_is_served_from_the_cache() {
     }
     let fx = Fixture::new("ahead-order");
     let bytes = mailbox(&fx, 300);
-    let s = serve(&fx, |mnt| {
+    let s = serve(&fx, &[], |mnt| {
         for p in listed(mnt) {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             assert_eq!(std::fs::read(&p).unwrap(), bytes[&name], "{name}");
@@ -110,7 +113,7 @@ fn a_listing_or_a_few_scattered_reads_read_nothing_ahead() {
     }
     let fx = Fixture::new("ahead-list");
     let bytes = mailbox(&fx, 200);
-    let s = serve(&fx, |mnt| {
+    let s = serve(&fx, &[], |mnt| {
         let files = listed(mnt);
         for p in &files {
             std::fs::metadata(p).unwrap();
@@ -167,4 +170,21 @@ fn what_is_read_ahead_is_the_captured_bytes_after_renames_and_expunges() {
     let json = std::fs::read_to_string(&summary).unwrap();
     assert!(field(&json, "files_read_ahead") >= 100, "{json}");
     assert!(gone <= expunged.len());
+}
+
+#[test]
+fn no_read_ahead_reads_each_file_when_asked() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("ahead-off");
+    let bytes = mailbox(&fx, 100);
+    let s = serve(&fx, &["--no-read-ahead"], |mnt| {
+        for p in listed(mnt) {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(std::fs::read(&p).unwrap(), bytes[&name], "{name}");
+        }
+    });
+    assert_eq!((s.ahead, s.late), (0, 0));
+    assert_eq!(s.reads, 100);
 }
