@@ -38,6 +38,10 @@ use crate::view::{At, Evicted, View};
 /// keeps the numbers far from any overflow.
 const TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The readahead asked of the kernel for one file (large files; small ones are read ahead
+/// across files by `readahead.rs`).
+pub const MAX_READAHEAD: u32 = 1 << 20;
+
 /// A file handle as given to the kernel (passthrough mode only; 0 means none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Fh(u64);
@@ -395,7 +399,7 @@ fn reply_lookup(view: &View, dir: &At, name: &OsStr, reply: ReplyEntry) {
 
 impl Filesystem for MaildirFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_readahead(MAX_READAHEAD);
         // Listings come with attributes and fill the dentry cache; lookups and directory reads
         // may run in parallel; symlink targets are cached: nothing can change.
         for cap in [

@@ -1088,7 +1088,11 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     };
     report.reads = reads.to_owned();
     report.summary = summary.clone();
-    let state = match runtime::find_mount(&checked.mountpoint) {
+    let mounted = runtime::find_mount(&checked.mountpoint);
+    if let Some(m) = &mounted {
+        raise_readahead(&m.devno);
+    }
+    let state = match mounted {
         Some(m) => Some(StateFile::create(&m.devno)?),
         None => None,
     };
@@ -1166,6 +1170,18 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
         s.remove();
     }
     result.map_err(|e| Error::io("serving failed", &checked.mountpoint, e))
+}
+
+/// Gives the mount (device `devno`, "major:minor") the readahead asked for at init: the
+/// kernel keeps a FUSE mount's at its default, 128 KiB, whatever the filesystem asks, and a
+/// large file read from a cold cache then waits for a READ every 128 KiB. Root may raise it
+/// in sysfs; elsewhere the default stays, which only makes large files slower.
+fn raise_readahead(devno: &str) {
+    let path = format!("/sys/class/bdi/{devno}/read_ahead_kb");
+    let kib = crate::fs::MAX_READAHEAD >> 10;
+    if let Err(e) = std::fs::write(&path, format!("{kib}\n")) {
+        log::debug!("cannot raise the readahead of the mount ({path}: {e})");
+    }
 }
 
 /// The line the server ends with: what was captured and served, and what was not.

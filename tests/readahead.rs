@@ -188,3 +188,24 @@ fn no_read_ahead_reads_each_file_when_asked() {
     assert_eq!((s.ahead, s.late), (0, 0));
     assert_eq!(s.reads, 100);
 }
+
+#[test]
+fn a_large_file_gets_the_readahead_asked_for() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("ahead-large");
+    mailbox(&fx, 1);
+    let m = Mounted::new(&fx, &[]);
+    let out = std::process::Command::new("mountpoint")
+        .arg("-d")
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    let devno = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let kb = std::fs::read_to_string(format!("/sys/class/bdi/{devno}/read_ahead_kb")).unwrap();
+    // The kernel's default for a FUSE mount is 128; maildirfs asks for 1 MiB, and as root
+    // gets it.
+    assert_eq!(kb.trim(), "1024", "device {devno}");
+    m.umount();
+}
