@@ -400,7 +400,7 @@ fn capture_set(
                     return Err(stall_error(source, account));
                 }
                 // Each lock is checked to have been ours throughout as it is released.
-                let lost = release_each_checked(locks, watch);
+                let lost = release_each(locks, watch);
                 if let Some(l) = lost {
                     log::warn!(
                         "lock {} was overridden during capture; capturing the account again",
@@ -587,18 +587,10 @@ fn lock_all(
     round
 }
 
-/// Releases the locks one by one, each a heartbeat (an account may have thousands).
-fn release_each(locks: Vec<UidlistLock>, watch: &Watch) {
-    for l in locks {
-        drop(l);
-        watch.beat();
-    }
-    watch.released();
-}
-
-/// Releases the locks one by one as [`release_each`] does, and returns the path of the first
-/// that was not ours any more (overridden, removed) when released, if any.
-fn release_each_checked(locks: Vec<UidlistLock>, watch: &Watch) -> Option<PathBuf> {
+/// Releases the locks one by one, each a heartbeat (an account may have thousands), and
+/// returns the path of the first that was not ours any more (overridden, removed) when
+/// released, if any.
+fn release_each(locks: Vec<UidlistLock>, watch: &Watch) -> Option<PathBuf> {
     let mut lost = None;
     for l in locks {
         if !l.release_if_ours() && lost.is_none() {
@@ -1176,25 +1168,23 @@ fn dir_stamp(fd: &Option<OwnedFd>, path: &Path) -> Result<DirStamp> {
         return Ok(Default::default());
     };
     let st = sys::fstat(fd.as_fd()).map_err(|e| Error::io("cannot stat", path, e))?;
-    Ok((
+    Ok(stamp_of(&st))
+}
+
+fn stamp_of(st: &sys::Stat) -> DirStamp {
+    (
         st.st_ino,
         st.st_mtime,
         st.st_mtime_nsec,
         st.st_ctime,
         st.st_ctime_nsec,
-    ))
+    )
 }
 
 /// The stamp of the directory `sub` of `mailbox` by its name, if it is a directory.
 fn dir_stamp_at(mailbox: BorrowedFd<'_>, sub: &[u8]) -> Option<DirStamp> {
     let st = sys::lstat_at(mailbox, OsStr::from_bytes(sub)).ok()?;
-    (st.st_mode & libc::S_IFMT == libc::S_IFDIR).then_some((
-        st.st_ino,
-        st.st_mtime,
-        st.st_mtime_nsec,
-        st.st_ctime,
-        st.st_ctime_nsec,
-    ))
+    (st.st_mode & libc::S_IFMT == libc::S_IFDIR).then(|| stamp_of(&st))
 }
 
 /// The entries of a `new/` or `cur/` that the image shows (no dotfiles, no directories).

@@ -229,12 +229,6 @@ impl UidlistLock {
         }
     }
 
-    /// Whether the lock path still names the file we created, holding what we wrote: false
-    /// once someone overrode it (a new file) or rewrote it in place with their own pid.
-    pub fn is_ours(&self) -> bool {
-        self.held.is_ours()
-    }
-
     pub fn path(&self) -> &Path {
         &self.held.path
     }
@@ -255,14 +249,6 @@ impl UidlistLock {
 }
 
 impl Held {
-    fn is_ours(&self) -> bool {
-        let same_file = match sys::lstat_at(self.dir.as_fd(), OsStr::new(UIDLIST_LOCK)) {
-            Ok(st) => st.st_dev == self.dev && st.st_ino == self.ino,
-            Err(_) => false,
-        };
-        same_file && self.still_says_ours()
-    }
-
     /// Whether our lock file's content is still exactly what we wrote.
     fn still_says_ours(&self) -> bool {
         use std::os::unix::fs::FileExt;
@@ -630,7 +616,7 @@ mod tests {
             TryLock::Busy(who) => assert!(who.contains(&std::process::id().to_string())),
             TryLock::Locked(_) => panic!("took a held lock"),
         }
-        assert!(lock.is_ours());
+        assert!(lock.release_if_ours());
         drop(lock);
         assert!(!lockfile.exists());
     }
@@ -646,7 +632,7 @@ mod tests {
         // Someone overrides: removes ours and creates their own.
         fs::remove_file(&lockfile).unwrap();
         fs::write(&lockfile, b"999999:elsewhere").unwrap();
-        assert!(!lock.is_ours());
+        assert!(!lock.release_if_ours());
         drop(lock);
         assert_eq!(fs::read(&lockfile).unwrap(), b"999999:elsewhere");
     }
@@ -755,7 +741,6 @@ mod tests {
         assert_eq!(names_in(t.path()), vec![UIDLIST_LOCK.to_owned()]);
         assert_eq!(fs::read(&lockfile).unwrap(), content.as_bytes());
         assert_eq!(fs::metadata(&lockfile).unwrap().nlink(), 1);
-        assert!(lock.is_ours());
         // Held: a second try, linked or created, is busy and names us; the file made ready
         // for it stays ready.
         let mut other = prepared(&dir, t.path(), "1:x");

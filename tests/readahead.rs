@@ -35,6 +35,17 @@ fn listed(mnt: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The name of `p`, a message of the view.
+fn name_of(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Reads message `p` of the view and checks it has its captured bytes.
+fn read_back(p: &Path, bytes: &HashMap<String, Vec<u8>>) {
+    let name = name_of(p);
+    assert_eq!(std::fs::read(p).unwrap(), bytes[&name], "{name}");
+}
+
 /// A number from the summary written at unmount.
 fn field(json: &str, key: &str) -> u64 {
     let at = json
@@ -82,8 +93,7 @@ fn a_directory_read_in_order_is_served_from_the_cache() {
     let bytes = mailbox(&fx, 300);
     let s = serve(&fx, &[], |mnt| {
         for p in listed(mnt) {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            assert_eq!(std::fs::read(&p).unwrap(), bytes[&name], "{name}");
+            read_back(&p, &bytes);
             // A backup writes each file out before the next.
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -120,8 +130,7 @@ fn a_listing_or_a_few_scattered_reads_read_nothing_ahead() {
         }
         // An incremental backup's few new messages, one here and there.
         for p in files.iter().step_by(37) {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            assert_eq!(std::fs::read(p).unwrap(), bytes[&name]);
+            read_back(p, &bytes);
         }
     });
     assert_eq!(s.ahead, 0);
@@ -153,7 +162,7 @@ fn what_is_read_ahead_is_the_captured_bytes_after_renames_and_expunges() {
     }
     let mut gone = 0;
     for p in listed(&m.mnt) {
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let name = name_of(&p);
         match std::fs::read(&p) {
             Ok(b) => assert_eq!(b, bytes[&name], "{name}"),
             Err(e) => {
@@ -181,8 +190,7 @@ fn no_read_ahead_reads_each_file_when_asked() {
     let bytes = mailbox(&fx, 100);
     let s = serve(&fx, &["--no-read-ahead"], |mnt| {
         for p in listed(mnt) {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            assert_eq!(std::fs::read(&p).unwrap(), bytes[&name], "{name}");
+            read_back(&p, &bytes);
         }
     });
     assert_eq!((s.ahead, s.late), (0, 0));
