@@ -14,7 +14,7 @@ use crate::sys;
 /// The child's end of the readiness pipe.
 #[derive(Debug)]
 pub struct Notifier {
-    pipe: Option<std::io::PipeWriter>,
+    pipe: Option<std::fs::File>,
 }
 
 impl Notifier {
@@ -38,7 +38,7 @@ impl Notifier {
 
     /// A second writer on the pipe to the waiting parent, for the signal thread to say why the
     /// mount ended when the capture is stuck (`None` in the foreground).
-    pub fn clone_pipe(&self) -> Option<std::io::PipeWriter> {
+    pub fn clone_pipe(&self) -> Option<std::fs::File> {
         self.pipe.as_ref().and_then(|p| p.try_clone().ok())
     }
 
@@ -65,7 +65,7 @@ impl Notifier {
 /// Where progress lines go.
 #[derive(Debug)]
 pub enum ProgressSink {
-    Pipe(std::io::PipeWriter),
+    Pipe(std::fs::File),
     Terminal,
 }
 
@@ -111,7 +111,8 @@ pub fn detach(
     serve: impl FnOnce(&mut Notifier) -> Result<()>,
 ) -> Result<Outcome> {
     let (reader, writer) =
-        std::io::pipe().map_err(|e| Error::io("cannot create pipe", "maildirfs", e))?;
+        sys::pipe().map_err(|e| Error::io("cannot create pipe", "maildirfs", e))?;
+    let (reader, writer) = (std::fs::File::from(reader), std::fs::File::from(writer));
     match sys::fork().map_err(|e| Error::io("cannot fork", "maildirfs", e))? {
         sys::Fork::Child => {
             drop(reader);

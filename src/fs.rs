@@ -508,13 +508,13 @@ impl Filesystem for MaildirFs {
         reply: ReplyEmpty,
     ) {
         let mut b = self.backing.lock();
-        if let Some((key, _)) = b.by_handle.remove(&Fh(fh.0))
-            && let Some((_, users)) = b.by_ino.get_mut(&key)
-        {
-            *users -= 1;
-            if *users == 0 {
-                // The last handle: the kernel no longer needs the backing id.
-                b.by_ino.remove(&key);
+        if let Some((key, _)) = b.by_handle.remove(&Fh(fh.0)) {
+            if let Some((_, users)) = b.by_ino.get_mut(&key) {
+                *users -= 1;
+                if *users == 0 {
+                    // The last handle: the kernel no longer needs the backing id.
+                    b.by_ino.remove(&key);
+                }
             }
         }
         reply.ok();

@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -53,8 +54,13 @@ impl StateFile {
             .truncate(true)
             .open(&path)
             .map_err(|e| Error::io("cannot create state file", &path, e))?;
-        file.try_lock()
-            .map_err(|_| Error::msg("state file is held by a running server", &path, "busy"))?;
+        if !matches!(sys::try_flock_exclusive(file.as_fd()), Ok(true)) {
+            return Err(Error::msg(
+                "state file is held by a running server",
+                &path,
+                "busy",
+            ));
+        }
         Ok(StateFile { file, path })
     }
 
@@ -146,12 +152,12 @@ pub fn find_state(devno: &str, mountpoint: &Path) -> (Option<(File, PathBuf)>, V
         let Ok(file) = File::open(&path) else {
             continue;
         };
-        match file.try_lock_shared() {
+        match sys::try_flock_shared(file.as_fd()) {
             // Left by a server that died (perhaps while exiting).
-            Ok(()) => stale.push(path),
+            Ok(true) => stale.push(path),
             // A server on its way out serves no mount any more.
-            Err(_) if exiting => {}
-            Err(_) => live.push((file, path)),
+            _ if exiting => {}
+            _ => live.push((file, path)),
         }
     }
     if live.len() > 1 {

@@ -339,10 +339,10 @@ impl Snapshot {
     pub fn mark_read(&self, idx: NodeIdx) {
         for l in self.links(self.ino_of(idx)) {
             let (word, bit) = (l.0 as usize / 64, 1u64 << (l.0 % 64));
-            if let Some(w) = self.read_to_end.get(word)
-                && w.fetch_or(bit, Ordering::Relaxed) & bit == 0
-            {
-                self.files_read.fetch_add(1, Ordering::Relaxed);
+            if let Some(w) = self.read_to_end.get(word) {
+                if w.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+                    self.files_read.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The only module with `unsafe`: thin wrappers over the Linux syscalls maildirfs needs and
 //! that std does not offer (directory-relative opens that never follow symlinks, `getdents64`,
-//! `fstatat`, `fork`, signals, syslog).
+//! `fstatat`, `fork`, signals, syslog; pipes and `flock`, which std has only since Rust 1.87
+//! and 1.89, newer than the declared `rust-version`).
 //!
 //! Every wrapper returns `io::Result` with the OS error untouched; callers add the path. Every
 //! fd comes back as an `OwnedFd`, so nothing here can leak one.
@@ -562,6 +563,44 @@ pub fn waitpid_for(pid: i32, limit: std::time::Duration) -> Option<i32> {
 pub fn setsid() -> io::Result<()> {
     // SAFETY: setsid has no memory-safety preconditions.
     cvt(unsafe { libc::setsid() }).map(drop)
+}
+
+/// `pipe2(O_CLOEXEC)`: the read end and the write end of a new pipe.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds: [libc::c_int; 2] = [-1; 2];
+    // SAFETY: `fds` is a writable array of two ints, which pipe2 fills on success.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 returned 0, so both fds are new and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `flock(fd, LOCK_EX | LOCK_NB)`: `Ok(true)` if the exclusive lock is now held, `Ok(false)`
+/// if another open file description holds a lock on the file. The lock belongs to the open
+/// file description and goes when its last fd is closed.
+pub fn try_flock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    try_flock(fd, libc::LOCK_EX)
+}
+
+/// `flock(fd, LOCK_SH | LOCK_NB)`: `Ok(true)` if a shared lock is now held, `Ok(false)` if
+/// another open file description holds the exclusive lock. The lock belongs to the open file
+/// description and goes when its last fd is closed.
+pub fn try_flock_shared(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    try_flock(fd, libc::LOCK_SH)
+}
+
+fn try_flock(fd: BorrowedFd<'_>, op: libc::c_int) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock on a live fd; no memory is passed.
+        if unsafe { libc::flock(fd.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(err),
+        }
+    }
 }
 
 /// Points stdin, stdout and stderr at `/dev/null`, so the detached server holds none of the

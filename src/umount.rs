@@ -2,6 +2,7 @@
 //! and print its closing summary. Also clears the mount of a server that crashed (the kernel
 //! then answers `ENOTCONN` to everything under the mount point).
 
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -49,10 +50,10 @@ pub fn umount(mountpoint: &Path) -> Result<Closing> {
     // The server removes its state file itself when it exits; it only has to be read.
     let deadline = Instant::now() + EXIT_WAIT;
     loop {
-        match file.try_lock_shared() {
-            Ok(()) => break,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(_) => {
+        match sys::try_flock_shared(file.as_fd()) {
+            Ok(true) => break,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
                 return Err(Error::msg(
                     "unmounted, but the server did not exit",
                     mountpoint,

@@ -253,13 +253,13 @@ impl MailboxCheck<'_> {
             }
             self.out.messages += 1;
             let parsed = filename::parse(&name);
-            if let Some(want) = parsed.size
-                && want != st.st_size as u64
-            {
-                self.problem(
-                    path.clone(),
-                    format!("{} bytes, but its name says S={want}", st.st_size),
-                );
+            if let Some(want) = parsed.size {
+                if want != st.st_size as u64 {
+                    self.problem(
+                        path.clone(),
+                        format!("{} bytes, but its name says S={want}", st.st_size),
+                    );
+                }
             }
             let base = parsed.base.to_vec();
             if let Some((_, other)) = files.insert(base, (in_cur, name.clone())) {

@@ -292,11 +292,11 @@ impl View {
             None => Vec::new(),
         };
         for a in candidates.drain(..) {
-            if let Some(snap) = self.ready(a)
-                && let Some(idx) = snap.resolve(ino)
-            {
-                self.touch(a);
-                return Ok(At { snap, idx });
+            if let Some(snap) = self.ready(a) {
+                if let Some(idx) = snap.resolve(ino) {
+                    self.touch(a);
+                    return Ok(At { snap, idx });
+                }
             }
         }
         Err(libc::ESTALE)

@@ -345,10 +345,10 @@ impl Filesystem for Faulty {
             Err(e) => return reply.error(e),
         };
         let data = n.data.get_or_insert_default();
-        if let Some(size) = size
-            && let Err(e) = resize(data, size)
-        {
-            return reply.error(e);
+        if let Some(size) = size {
+            if let Err(e) = resize(data, size) {
+                return reply.error(e);
+            }
         }
         if let Some(mode) = mode {
             n.perm = (mode & 0o7777) as u16;
@@ -525,10 +525,10 @@ impl Filesystem for Faulty {
         };
         let contents = n.data.get_or_insert_default();
         let end = offset.saturating_add(data.len() as u64);
-        if end > contents.len() as u64
-            && let Err(e) = resize(contents, end)
-        {
-            return reply.error(e);
+        if end > contents.len() as u64 {
+            if let Err(e) = resize(contents, end) {
+                return reply.error(e);
+            }
         }
         // `end` fits: it is at most the length, resized within `MAX_SIZE` if need be.
         contents[offset as usize..end as usize].copy_from_slice(data);
