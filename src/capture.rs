@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::control_tree::{ControlDir, ControlPlaces};
 use crate::error::{Error, Result};
 use crate::lock::{LockTemp, TryLock, UidlistLock, lock_content};
 use crate::maildir::Account;
@@ -83,6 +84,8 @@ pub struct LockPolicy {
     /// `--lock-host`: the host written into our locks instead of ours (see
     /// `lock::lock_content`).
     pub lock_host: Option<String>,
+    /// `--control-dir`: where each mailbox's lock and control files are.
+    pub places: Arc<ControlPlaces>,
 }
 
 /// One entry of a `new/` or `cur/` listing.
@@ -171,6 +174,66 @@ pub struct MailboxCapture {
     pub unreadable: Vec<&'static [u8]>,
     /// Control files left out of the image, by name, and why.
     pub left_out: Vec<(&'static [u8], LeftOut)>,
+    /// Whether its control files came from a separate control tree: copies of them in the
+    /// Maildir are then stale, and the captured ones are served in its directory all the same.
+    pub control_elsewhere: bool,
+}
+
+/// Where a mailbox's lock and control files are.
+#[derive(Debug, Clone)]
+pub enum ControlAt {
+    /// In the mailbox's own directory (Dovecot's default).
+    Mailbox,
+    /// In a separate control tree's directory.
+    Tree(ControlDir),
+    /// In a control tree that has no directory for this mailbox yet: Dovecot has not opened
+    /// it, so there is no uidlist to keep and no lock of Dovecot's to meet.
+    Absent,
+}
+
+impl ControlAt {
+    /// The directory holding control file `name`, and its path; `None` where there is none.
+    fn file_dir<'a>(
+        &'a self,
+        mailbox: BorrowedFd<'a>,
+        path: &'a Path,
+        name: &[u8],
+    ) -> Option<(BorrowedFd<'a>, &'a Path)> {
+        match self {
+            ControlAt::Mailbox => Some((mailbox, path)),
+            ControlAt::Tree(dir) => Some(dir.file_dir(name)),
+            ControlAt::Absent => None,
+        }
+    }
+
+    /// The control files to read here: in a tree only those Dovecot keeps there.
+    fn names(&self) -> &'static [&'static [u8]] {
+        match self {
+            ControlAt::Mailbox => names::CONTROL_FILES,
+            ControlAt::Tree(_) => names::TREE_FILES,
+            ControlAt::Absent => &[],
+        }
+    }
+}
+
+/// A mailbox directory opened for capture, with where its lock and control files are.
+#[derive(Debug)]
+struct Opened {
+    rel: PathBuf,
+    fd: Arc<OwnedFd>,
+    control: ControlAt,
+}
+
+impl Opened {
+    /// The directory holding its lock, with that directory's path; `None` where there is
+    /// nothing to lock.
+    fn lock_dir(&self, source: &Path) -> Option<(&Arc<OwnedFd>, PathBuf)> {
+        match &self.control {
+            ControlAt::Mailbox => Some((&self.fd, source.join(&self.rel))),
+            ControlAt::Tree(dir) => Some((&dir.fd, dir.path.clone())),
+            ControlAt::Absent => None,
+        }
+    }
 }
 
 /// What was captured of one account.
@@ -293,6 +356,7 @@ fn capture_account_with(
     budget: &Arc<PinBudget>,
     watch: &Watch,
 ) -> Result<AccountCapture> {
+    let places = &*policy.places;
     // Open every mailbox directory once; the locks and listings all go through these fds.
     let mut dirs = Vec::with_capacity(account.mailboxes.len());
     let account_fd = sys::open_beneath(
@@ -300,6 +364,21 @@ fn capture_account_with(
         account.root.as_os_str(),
         libc::O_RDONLY | libc::O_DIRECTORY,
     );
+    // Where a control tree is in use, the locks and control files are there; a place that
+    // cannot be found or opened leaves the account without locks (or fails it, strictly).
+    let mut cannot_lock = None;
+    let tree = if places.template().is_some() && !policy.no_lock {
+        match places.open_account(root, source, &account.root) {
+            Ok(Some(a)) => Some(a),
+            Ok(None) => None,
+            Err(e) => {
+                cannot_lock = Some(e.to_string());
+                None
+            }
+        }
+    } else {
+        None
+    };
     for rel in &account.mailboxes {
         // Relative to the account's root where it could be opened: a mailbox deep below it is
         // not resolved from SOURCE again.
@@ -312,8 +391,25 @@ fn capture_account_with(
             _ => sys::open_beneath(root, rel.as_os_str(), libc::O_RDONLY | libc::O_DIRECTORY),
         };
         watch.beat();
+        let control = if places.template().is_none() {
+            ControlAt::Mailbox
+        } else {
+            let below = rel.strip_prefix(&account.root).unwrap_or(rel);
+            match tree.as_ref().map(|t| t.mailbox(below)) {
+                Some(Ok(Some(dir))) => ControlAt::Tree(dir),
+                Some(Ok(None)) | None => ControlAt::Absent,
+                Some(Err(e)) => {
+                    cannot_lock.get_or_insert_with(|| e.to_string());
+                    ControlAt::Absent
+                }
+            }
+        };
         match opened {
-            Ok(fd) => dirs.push((rel.clone(), Arc::new(fd))),
+            Ok(fd) => dirs.push(Opened {
+                rel: rel.clone(),
+                fd: Arc::new(fd),
+                control,
+            }),
             Err(e) => log::warn!(
                 "mailbox {} vanished before capture: {e}",
                 crate::error::escape_path(&source.join(rel))
@@ -322,7 +418,7 @@ fn capture_account_with(
     }
     drop(account_fd);
     if !policy.one_mailbox_at_a_time {
-        return capture_set(&dirs, source, account, policy, budget, watch);
+        return capture_set(&dirs, source, account, policy, budget, watch, cannot_lock);
     }
     // Diagnostic mode: each mailbox under its own lock, one after another, with the test hold
     // as a gap between them.
@@ -339,6 +435,7 @@ fn capture_account_with(
             &solo,
             budget,
             watch,
+            cannot_lock.clone(),
         )?;
         match whole.as_mut() {
             None => whole = Some(part),
@@ -359,20 +456,25 @@ fn capture_account_with(
     })
 }
 
-/// Captures a set of mailboxes with all their locks held at once.
+/// Captures a set of mailboxes with all their locks held at once; `cannot_lock` says why
+/// they cannot be taken at all, if so.
 fn capture_set(
-    dirs: &[(PathBuf, Arc<OwnedFd>)],
+    dirs: &[Opened],
     source: &Path,
     account: &Account,
     policy: &LockPolicy,
     budget: &Arc<PinBudget>,
     watch: &Watch,
+    cannot_lock: Option<String>,
 ) -> Result<AccountCapture> {
     let deadline = Instant::now() + policy.timeout;
     let content = lock_content(policy.lock_host.as_deref());
     let mut rng = Jitter::new();
     let mut backoff = Duration::from_millis(10);
-    let mut why_unlocked: Option<String> = policy.no_lock.then(|| "--no-lock given".to_owned());
+    let mut why_unlocked: Option<String> = policy
+        .no_lock
+        .then(|| "--no-lock given".to_owned())
+        .or(cannot_lock);
     // Before any lock: what the locked listing will confirm rather than open.
     let mut prepinned = prepin(dirs, budget, watch);
     let mut temps: Vec<Option<LockTemp>> = Vec::new();
@@ -546,17 +648,20 @@ pub fn expected_entries_all(root: BorrowedFd<'_>, accounts: &[Account]) -> usize
 /// it cannot be, if it cannot); one already ready is touched.
 fn ready_locks(
     temps: &mut Vec<Option<LockTemp>>,
-    dirs: &[(PathBuf, Arc<OwnedFd>)],
+    dirs: &[Opened],
     source: &Path,
     content: &str,
     watch: &Watch,
 ) {
     temps.resize_with(dirs.len(), || None);
-    for (slot, (rel, fd)) in temps.iter_mut().zip(dirs) {
+    for (slot, dir) in temps.iter_mut().zip(dirs) {
+        let Some((fd, path)) = dir.lock_dir(source) else {
+            continue;
+        };
         match slot {
             Some(t) => t.touch(),
             None => {
-                *slot = LockTemp::create(fd, &source.join(rel), content)
+                *slot = LockTemp::create(fd, &path, content)
                     .map_err(|e| log::debug!("{e}"))
                     .ok();
             }
@@ -573,7 +678,7 @@ enum LockRound {
 /// One round: try-lock every mailbox in order; on the first busy one, release all. Each lock
 /// taken is shown to `watch` at once, so the watchdog can release it if a later try hangs.
 fn lock_all(
-    dirs: &[(PathBuf, Arc<OwnedFd>)],
+    dirs: &[Opened],
     temps: &mut [Option<LockTemp>],
     source: &Path,
     content: &str,
@@ -604,29 +709,32 @@ fn release_each(locks: Vec<UidlistLock>, watch: &Watch) -> Option<PathBuf> {
 }
 
 fn lock_each(
-    dirs: &[(PathBuf, Arc<OwnedFd>)],
+    dirs: &[Opened],
     temps: &mut [Option<LockTemp>],
     source: &Path,
     content: &str,
     watch: &Watch,
     held: &mut Vec<UidlistLock>,
 ) -> Result<LockRound> {
-    for ((rel, fd), slot) in dirs.iter().zip(temps.iter_mut()) {
-        let tried = UidlistLock::try_lock_prepared(slot, fd, &source.join(rel), content)?;
+    for (dir, slot) in dirs.iter().zip(temps.iter_mut()) {
+        let Some((fd, path)) = dir.lock_dir(source) else {
+            continue;
+        };
+        let tried = UidlistLock::try_lock_prepared(slot, fd, &path, content)?;
         watch.beat();
         match tried {
             TryLock::Locked(l) => {
                 if !watch.holding(l.handle()) {
                     return Err(Error::msg(
                         "capture stalled",
-                        source.join(rel),
+                        path,
                         "locks released by the watchdog",
                     ));
                 }
                 held.push(l);
             }
             TryLock::Busy(who) => {
-                let path = source.join(rel).join(names::UIDLIST_LOCK);
+                let path = path.join(names::UIDLIST_LOCK);
                 return Ok(LockRound::Busy(format!(
                     "{} {who}",
                     crate::error::escape_path(&path)
@@ -639,7 +747,7 @@ fn lock_each(
 
 /// Captures every mailbox of `dirs`, using (and so emptying) their pre-pins.
 fn list_all(
-    dirs: &[(PathBuf, Arc<OwnedFd>)],
+    dirs: &[Opened],
     source: &Path,
     budget: &Arc<PinBudget>,
     watch: &Watch,
@@ -647,14 +755,15 @@ fn list_all(
 ) -> Result<HashMap<PathBuf, MailboxCapture>> {
     let mut out = HashMap::with_capacity(dirs.len());
     let mut control = ControlBudget::new();
-    for (rel, fd) in dirs {
+    for dir in dirs {
         if watch.revoked() {
             break;
         }
-        let pre = prepinned.get_mut(rel);
+        let pre = prepinned.get_mut(&dir.rel);
         let captured = capture_mailbox_with(
-            fd.as_fd(),
-            &source.join(rel),
+            dir.fd.as_fd(),
+            &source.join(&dir.rel),
+            &dir.control,
             budget,
             &mut control,
             watch,
@@ -662,7 +771,7 @@ fn list_all(
         );
         match captured {
             Ok(m) => {
-                out.insert(rel.clone(), m);
+                out.insert(dir.rel.clone(), m);
             }
             Err(e) => log::warn!("{e}"),
         }
@@ -694,7 +803,19 @@ pub fn capture_mailbox(
     control: &mut ControlBudget,
     watch: &Watch,
 ) -> Result<MailboxCapture> {
-    capture_mailbox_with(dir, path, budget, control, watch, None)
+    capture_mailbox_at(dir, path, &ControlAt::Mailbox, budget, control, watch)
+}
+
+/// [`capture_mailbox`], with its control files at `at`.
+pub fn capture_mailbox_at(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    at: &ControlAt,
+    budget: &Arc<PinBudget>,
+    control: &mut ControlBudget,
+    watch: &Watch,
+) -> Result<MailboxCapture> {
+    capture_mailbox_with(dir, path, at, budget, control, watch, None)
 }
 
 /// [`capture_mailbox`], confirming the files of `pre` (pinned before the lock) instead of
@@ -702,15 +823,20 @@ pub fn capture_mailbox(
 fn capture_mailbox_with(
     dir: BorrowedFd<'_>,
     path: &Path,
+    at: &ControlAt,
     budget: &Arc<PinBudget>,
     control: &mut ControlBudget,
     watch: &Watch,
     pre: Option<&mut PrePinned>,
 ) -> Result<MailboxCapture> {
     let mut pre = pre;
-    let (control, left_out) = match pre.as_mut().and_then(|p| p.unchanged_control(dir, control)) {
+    let control_elsewhere = !matches!(at, ControlAt::Mailbox);
+    let unchanged = pre
+        .as_mut()
+        .and_then(|p| p.unchanged_control(dir, path, at, control));
+    let (control, left_out) = match unchanged {
         Some(files) => (files, Vec::new()),
-        None => read_control_files(dir, path, control, watch, log::Level::Warn),
+        None => read_control_files(dir, path, at, control, watch, log::Level::Warn),
     };
     watch.beat();
     if let Some(listing) = pre.as_mut().and_then(|p| p.unchanged_listing(dir)) {
@@ -722,6 +848,7 @@ fn capture_mailbox_with(
             pin_time: Duration::ZERO,
             unreadable: Vec::new(),
             left_out,
+            control_elsewhere,
         });
     }
     let mut unreadable = Vec::new();
@@ -753,6 +880,7 @@ fn capture_mailbox_with(
                 pin_time: Duration::ZERO,
                 unreadable,
                 left_out,
+                control_elsewhere,
             };
             pin_listed(&mut m, &new, &cur, budget, watch, pre);
             return Ok(m);
@@ -785,6 +913,7 @@ fn capture_mailbox_with(
         pin_time: Duration::ZERO,
         unreadable,
         left_out,
+        control_elsewhere,
     };
     pin_listed(&mut m, &new, &cur, budget, watch, pre);
     Ok(m)
@@ -844,12 +973,12 @@ fn pin_listed(
         };
         watch.beat();
         for l in m.new.iter_mut().chain(m.cur.iter_mut()).filter(unpinned) {
-            if let Some((in_cur, name)) = now.get(&l.ino)
-                && base_name(name) == base_name(&l.name)
-            {
-                let dir = if *in_cur { cur } else { new };
-                l.pin = budget.pin(dir.as_fd(), OsStr::from_bytes(name), l.d_type);
-                watch.beat();
+            if let Some((in_cur, name)) = now.get(&l.ino) {
+                if base_name(name) == base_name(&l.name) {
+                    let dir = if *in_cur { cur } else { new };
+                    l.pin = budget.pin(dir.as_fd(), OsStr::from_bytes(name), l.d_type);
+                    watch.beat();
+                }
             }
         }
     }
@@ -952,11 +1081,16 @@ impl PrePinned {
     fn unchanged_control(
         &mut self,
         dir: BorrowedFd<'_>,
+        path: &Path,
+        at: &ControlAt,
         control: &mut ControlBudget,
     ) -> Option<Vec<ControlFile>> {
         let files = self.control.as_ref()?;
         let quiet = self.quiet;
-        let same = names::CONTROL_FILES.iter().all(|&name| {
+        let same = at.names().iter().all(|&name| {
+            let Some((dir, _)) = at.file_dir(dir, path, name) else {
+                return true;
+            };
             let now = sys::lstat_at(dir, OsStr::from_bytes(name));
             match (files.iter().find(|f| f.name == name), now) {
                 (Some(f), Ok(st)) => same_version(&f.stat, &st) && quiet.holds(&st),
@@ -1026,18 +1160,20 @@ impl PrePinned {
 /// `new/` and `cur/` listed with the listing check and their files pinned within the budget,
 /// so that under the locks what has not changed is only confirmed. A mailbox whose `new/` or
 /// `cur/` cannot be listed is simply read under the lock (which says why).
-fn prepin(
-    dirs: &[(PathBuf, Arc<OwnedFd>)],
-    budget: &Arc<PinBudget>,
-    watch: &Watch,
-) -> HashMap<PathBuf, PrePinned> {
+fn prepin(dirs: &[Opened], budget: &Arc<PinBudget>, watch: &Watch) -> HashMap<PathBuf, PrePinned> {
     let mut out = HashMap::with_capacity(dirs.len());
     let mut control = ControlBudget::new();
-    // One filesystem for the whole account (the walks never cross a mount point).
-    let live = dirs
-        .first()
-        .is_some_and(|(_, mailbox)| stamps_are_live(mailbox.as_fd()));
-    for (rel, mailbox) in dirs {
+    // One filesystem for the whole account (the walks never cross a mount point). A control
+    // tree's files are judged by their stamps too: it is local if the Maildir is (Dovecot
+    // keeps it beside the Maildir, or on local disk where the Maildir is on NFS: then the
+    // Maildir's says no).
+    let live = dirs.first().is_some_and(|d| stamps_are_live(d.fd.as_fd()));
+    for Opened {
+        rel,
+        fd: mailbox,
+        control: at,
+    } in dirs
+    {
         let mut pre = PrePinned {
             quiet: Quiet::before_now(),
             ..PrePinned::default()
@@ -1045,8 +1181,14 @@ fn prepin(
         // Read now, so that a read under the lock (if one is needed) finds them in the page
         // cache; kept only if they can stand for a read under the lock.
         // What it finds wrong is said by the read under the lock.
-        let (files, left_out) =
-            read_control_files(mailbox.as_fd(), rel, &mut control, watch, log::Level::Debug);
+        let (files, left_out) = read_control_files(
+            mailbox.as_fd(),
+            rel,
+            at,
+            &mut control,
+            watch,
+            log::Level::Debug,
+        );
         if live && left_out.is_empty() && files.iter().all(|f| pre.quiet.holds(&f.stat)) {
             pre.control = Some(files);
         } else {
@@ -1233,15 +1375,19 @@ const CONTROL_CHUNK: usize = 64 << 10;
 /// while read stops there), within the caps: see [`ACCOUNT_CONTROL_BYTES`] and
 /// [`CONTROL_FILE_BYTES`]. Returns what was captured and what was left out; what it finds wrong is logged at `level`.
 fn read_control_files(
-    dir: BorrowedFd<'_>,
-    path: &Path,
+    mailbox: BorrowedFd<'_>,
+    mailbox_path: &Path,
+    place: &ControlAt,
     control: &mut ControlBudget,
     watch: &Watch,
     level: log::Level,
 ) -> (Vec<ControlFile>, Vec<(&'static [u8], LeftOut)>) {
     let mut out = Vec::new();
     let mut left_out = Vec::new();
-    for &name in names::CONTROL_FILES {
+    for &name in place.names() {
+        let Some((dir, path)) = place.file_dir(mailbox, mailbox_path, name) else {
+            continue;
+        };
         let at = || crate::error::escape_path(&path.join(OsStr::from_bytes(name)));
         let mut last = None;
         let mut settled = false;
@@ -1438,6 +1584,144 @@ mod tests {
     use super::*;
     use std::fs;
 
+    /// A store whose control files Dovecot keeps in a separate tree (`CONTROL=`), as 2.3 and
+    /// 2.4 lay it out: INBOX's in `.INBOX/`, a folder's in its name, subscriptions above.
+    fn store_with_control_tree(t: &Path) -> (PathBuf, LockPolicy) {
+        let maildir = t.join("vmail/example.org/alice/Maildir");
+        let ctl = t.join("control/example.org/alice");
+        for d in [
+            "cur",
+            "new",
+            "tmp",
+            ".Archive/cur",
+            ".Archive/new",
+            ".Archive/tmp",
+        ] {
+            fs::create_dir_all(maildir.join(d)).unwrap();
+        }
+        fs::create_dir_all(t.join("vmail/example.org/bob/Maildir/cur")).unwrap();
+        fs::create_dir_all(t.join("vmail/example.org/bob/Maildir/new")).unwrap();
+        for d in [".INBOX", ".Archive"] {
+            fs::create_dir_all(ctl.join(d)).unwrap();
+        }
+        fs::write(maildir.join("cur/1.a:2,S"), "a").unwrap();
+        fs::write(maildir.join(".Archive/cur/2.b:2,"), "b").unwrap();
+        // A copy from before the control tree: Dovecot never reads it again.
+        fs::write(maildir.join("dovecot-uidlist"), "3 V1 N99\n").unwrap();
+        fs::write(ctl.join(".INBOX/dovecot-uidlist"), "3 V7 N2\n1 :1.a\n").unwrap();
+        fs::write(ctl.join(".INBOX/dovecot-keywords"), "0 $Label1\n").unwrap();
+        fs::write(ctl.join(".Archive/dovecot-uidlist"), "3 V8 N2\n1 :2.b\n").unwrap();
+        fs::write(ctl.join("subscriptions"), "V\t2\n\nArchive\n").unwrap();
+        let template = format!("{}/control/%d/%n", t.display()).parse().unwrap();
+        let policy = LockPolicy {
+            no_lock: false,
+            strict: true,
+            timeout: Duration::from_millis(300),
+            test_hold: Duration::ZERO,
+            one_mailbox_at_a_time: false,
+            lock_host: None,
+            places: Arc::new(ControlPlaces::tree(template).unwrap()),
+        };
+        (t.join("vmail"), policy)
+    }
+
+    fn capture_all(src: &Path, policy: &LockPolicy) -> Result<Vec<AccountCapture>> {
+        let root = fs::File::open(src).unwrap();
+        let found = crate::maildir::discover(root.as_fd(), src, false, &Default::default())?;
+        found
+            .accounts
+            .iter()
+            .map(|a| {
+                capture_account(
+                    root.as_fd(),
+                    src,
+                    a,
+                    policy,
+                    &PinBudget::fixed(100),
+                    &Watch::new(&a.root),
+                )
+            })
+            .collect()
+    }
+
+    fn inline(m: &MailboxCapture, name: &[u8]) -> Option<Vec<u8>> {
+        m.control
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| match &c.content {
+                ControlContent::Inline(b) => b.to_vec(),
+                ControlContent::Pinned(_) => panic!("pinned"),
+            })
+    }
+
+    #[test]
+    fn control_files_come_from_the_control_tree() {
+        let t = crate::testutil::TempDir::new("control-tree");
+        let (src, policy) = store_with_control_tree(t.path());
+        let all = capture_all(&src, &policy).unwrap();
+        let alice = all
+            .iter()
+            .find(|a| a.root.ends_with("alice/Maildir"))
+            .unwrap();
+        assert_eq!(alice.unlocked, None);
+        let inbox = &alice.mailboxes[Path::new("example.org/alice/Maildir")];
+        assert!(inbox.control_elsewhere);
+        assert_eq!(
+            inline(inbox, b"dovecot-uidlist").unwrap(),
+            b"3 V7 N2\n1 :1.a\n"
+        );
+        assert_eq!(inline(inbox, b"dovecot-keywords").unwrap(), b"0 $Label1\n");
+        assert_eq!(
+            inline(inbox, b"subscriptions").unwrap(),
+            b"V\t2\n\nArchive\n"
+        );
+        let archive = &alice.mailboxes[Path::new("example.org/alice/Maildir/.Archive")];
+        assert_eq!(
+            inline(archive, b"dovecot-uidlist").unwrap(),
+            b"3 V8 N2\n1 :2.b\n"
+        );
+        assert_eq!(inline(archive, b"subscriptions"), None);
+        // Bob has no control directory yet: captured, with nothing to lock or keep.
+        let bob = all
+            .iter()
+            .find(|a| a.root.ends_with("bob/Maildir"))
+            .unwrap();
+        assert_eq!(bob.unlocked, None);
+        let m = bob.mailboxes.values().next().unwrap();
+        assert!(m.control.is_empty() && m.control_elsewhere);
+        // No lock left behind in either tree.
+        let left = std::process::Command::new("find")
+            .arg(t.path())
+            .args(["-name", "*.lock"])
+            .output()
+            .unwrap();
+        assert!(
+            left.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+    }
+
+    #[test]
+    fn the_lock_is_taken_in_the_control_tree() {
+        let t = crate::testutil::TempDir::new("control-tree");
+        let (src, policy) = store_with_control_tree(t.path());
+        // Dovecot holds Archive's lock where it keeps it: a live holder (this process).
+        let lock = t
+            .path()
+            .join("control/example.org/alice/.Archive/dovecot-uidlist.lock");
+        fs::write(&lock, crate::lock::lock_content(None)).unwrap();
+        let e = capture_all(&src, &policy).unwrap_err().to_string();
+        assert!(e.contains(".Archive/dovecot-uidlist.lock"), "{e}");
+        assert!(e.contains("control/example.org/alice"), "{e}");
+        // Its holder's lock is left alone, and a lock in the Maildir keeps nobody out.
+        assert!(lock.exists());
+        fs::remove_file(&lock).unwrap();
+        let in_maildir = src.join("example.org/alice/Maildir/.Archive/dovecot-uidlist.lock");
+        fs::write(&in_maildir, crate::lock::lock_content(None)).unwrap();
+        assert!(capture_all(&src, &policy).is_ok());
+    }
+
     fn l(name: &str) -> Listed {
         Listed {
             name: name.as_bytes().to_vec(),
@@ -1499,7 +1783,11 @@ mod tests {
         fs::write(t.path().join("cur/3.renamed:2,"), "renamed").unwrap();
         fs::write(t.path().join("new/4.gone"), "gone").unwrap();
         let dir = Arc::new(OwnedFd::from(fs::File::open(t.path()).unwrap()));
-        let dirs = vec![(PathBuf::new(), Arc::clone(&dir))];
+        let dirs = vec![Opened {
+            rel: PathBuf::new(),
+            fd: Arc::clone(&dir),
+            control: ControlAt::Mailbox,
+        }];
         let budget = PinBudget::fixed(100);
         let watch = Watch::new(Path::new(""));
         let mut pre = prepin(&dirs, &budget, &watch);
@@ -1518,6 +1806,7 @@ mod tests {
         let m = capture_mailbox_with(
             dir.as_fd(),
             t.path(),
+            &ControlAt::Mailbox,
             &budget,
             &mut ControlBudget::new(),
             &watch,
@@ -1555,13 +1844,18 @@ mod tests {
         // Left alone long enough that a later change shows in the stamps.
         std::thread::sleep(QUIET + Duration::from_millis(100));
         let dir = Arc::new(OwnedFd::from(fs::File::open(t.path()).unwrap()));
-        let dirs = vec![(PathBuf::new(), Arc::clone(&dir))];
+        let dirs = vec![Opened {
+            rel: PathBuf::new(),
+            fd: Arc::clone(&dir),
+            control: ControlAt::Mailbox,
+        }];
         let budget = PinBudget::fixed(100);
         let watch = Watch::new(Path::new(""));
         let capture = |pre: &mut PrePinned| {
             capture_mailbox_with(
                 dir.as_fd(),
                 t.path(),
+                &ControlAt::Mailbox,
                 &budget,
                 &mut ControlBudget::new(),
                 &watch,

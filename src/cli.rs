@@ -109,7 +109,7 @@ pub struct MountArgs {
     pub allow_other: bool,
     /// Mount options, comma-separated, fstab style: ro, allow_other, exclude_indexes,
     /// no_lock, strict_lock, lock_timeout=SECS, stall_timeout=SECS, lock_host=NAME,
-    /// include=GLOB, exclude=GLOB, capture=MODE, working_set=FILES,
+    /// include=GLOB, exclude=GLOB, capture=MODE, working_set=FILES, control_dir=TEMPLATE,
     /// log_file=PATH, summary_json=PATH, passthrough, no_read_ahead (noauto, nofail, _netdev,
     /// ... ignored).
     #[arg(short = 'o', value_name = "OPTS")]
@@ -159,6 +159,17 @@ pub struct MountArgs {
     /// (a cold backup then runs faster than reading the source directly).
     #[arg(long)]
     pub no_read_ahead: bool,
+    /// Where Dovecot keeps each mailbox's dovecot-uidlist, its lock and dovecot-keywords when
+    /// they are not in the Maildir (Dovecot 2.3's CONTROL= in mail_location, 2.4's
+    /// mail_control_path): maildirfs locks and reads them there and serves them in the
+    /// mailbox's directory of the view. %n is the account directory's name, or its parent's
+    /// when it is called Maildir; %d the directory above that; %u is %n@%d; a leading ~ is the
+    /// directory holding Maildir; 2.4's %{user | username}, %{user | domain}, %{user} are
+    /// accepted. `maildir`: in the Maildir, whatever doveconf says. Default: learnt from
+    /// doveconf when it is installed and its mail settings describe SOURCE (the summary says
+    /// so), else in the Maildir.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub control_dir: Option<String>,
 }
 
 impl MountArgs {
@@ -185,6 +196,9 @@ impl MountArgs {
         o.capture = self.capture.parse()?;
         o.working_set = self.working_set.map(|n| n as usize);
         o.lock_host = self.lock_host;
+        if let Some(c) = &self.control_dir {
+            o.control_dir = c.parse()?;
+        }
         for g in &self.include {
             o.selection.include(g)?;
         }

@@ -382,13 +382,13 @@ impl<'a> Freezer<'a> {
             self.builder.mark_unlistable(p.node);
             return Ok(Vec::new());
         }
-        if matches!(p.role, Role::Plain)
-            && let Some(&account) = self.deferred.get(&p.rel)
-        {
-            // Its contents come from the account's own capture; the node is this tree's.
-            self.builder.add_children(p.node, Vec::new());
-            self.builder.defer(p.node, account);
-            return Ok(Vec::new());
+        if matches!(p.role, Role::Plain) {
+            if let Some(&account) = self.deferred.get(&p.rel) {
+                // Its contents come from the account's own capture; the node is this tree's.
+                self.builder.add_children(p.node, Vec::new());
+                self.builder.defer(p.node, account);
+                return Ok(Vec::new());
+            }
         }
         if p.depth.levels > MAX_DEPTH {
             log::warn!(
@@ -419,17 +419,19 @@ impl<'a> Freezer<'a> {
             (_, Some(parent), Some(name)) => sys::open_beneath(parent.fd.as_fd(), name, flags),
             _ => sys::open_beneath(self.root, p.rel.as_os_str(), flags),
         };
-        if probe && let Ok(place) = &opened {
-            if has_mailbox_dirs(place.as_fd()) {
-                return Ok(self.found_account(&p));
+        if probe {
+            if let Ok(place) = &opened {
+                if has_mailbox_dirs(place.as_fd()) {
+                    return Ok(self.found_account(&p));
+                }
+                // Not an account's root: opened again to be listed (the directory itself, not
+                // its name again).
+                opened = sys::openat(
+                    place.as_fd(),
+                    OsStr::new("."),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                );
             }
-            // Not an account's root: opened again to be listed (the directory itself, not
-            // its name again).
-            opened = sys::openat(
-                place.as_fd(),
-                OsStr::new("."),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-            );
         }
         let fd = match opened {
             Ok(fd) => fd,
@@ -503,9 +505,17 @@ impl<'a> Freezer<'a> {
                 "mailbox {} appeared during capture; captured without its lock",
                 self.show(&p.rel)
             );
-            let captured = capture::capture_mailbox(
+            // Under a control tree (as its account's other mailboxes say), its control files
+            // are there, and not looked for now: it is captured without them.
+            let at = if self.mailboxes.values().any(|m| m.control_elsewhere) {
+                capture::ControlAt::Absent
+            } else {
+                capture::ControlAt::Mailbox
+            };
+            let captured = capture::capture_mailbox_at(
                 dir,
                 &self.source.join(&p.rel),
+                &at,
                 self.budget,
                 &mut self.late_control,
                 &Watch::new(&p.rel),
@@ -532,6 +542,12 @@ impl<'a> Freezer<'a> {
             Place::Other
         };
         let mut children = Vec::with_capacity(entries.len());
+        // Whether the mailbox's control files came from a separate control tree.
+        let elsewhere = mailbox
+            && self
+                .mailboxes
+                .get(&p.rel)
+                .is_some_and(|m| m.control_elsewhere);
         let mut roles: HashMap<Vec<u8>, Role> = HashMap::new();
         let mut few_subdirs: std::collections::HashSet<Vec<u8>> = Default::default();
         let mut has_tmp = false;
@@ -546,32 +562,34 @@ impl<'a> Freezer<'a> {
                 continue;
             }
             if mailbox && names::is_control_file(&name) {
-                // Served as captured under the lock; one that appeared later, or that the
-                // capture left out, is not in the image.
                 let captured = self.mailboxes.get_mut(&p.rel).and_then(|m| {
                     let i = m.control.iter().position(|c| c.name == name)?;
                     Some(m.control.swap_remove(i))
                 });
-                if let Some(c) = captured {
-                    let mut attr = attr_of(&c.stat);
-                    let (kind, pin) = match c.content {
-                        ControlContent::Inline(bytes) => {
-                            attr.size = bytes.len() as u64;
-                            (NewContent::Inline(bytes), None)
-                        }
-                        // Read through its pin, never past the size it had under the lock.
-                        ControlContent::Pinned(fd) => {
-                            (NewContent::Source, Some(self.budget.adopt(fd)))
-                        }
-                    };
-                    children.push(NewNode {
-                        kind: NewKind::File(kind),
-                        attr,
-                        name,
-                        pin,
-                    });
+                if !elsewhere {
+                    // Served as captured under the lock; one that appeared later, or that the
+                    // capture left out, is not in the image.
+                    if let Some(c) = captured {
+                        children.push(self.control_node(c, false));
+                    }
+                    continue;
                 }
-                continue;
+                // A control tree is in use: what Dovecot keeps there is served as captured
+                // there (below); a copy in the Maildir is one Dovecot never reads.
+                if let Some(c) = captured {
+                    children.push(self.control_node(c, true));
+                    continue;
+                }
+                if names::TREE_FILES.contains(&name.as_slice()) {
+                    let rel = p.rel.join(OsStr::from_bytes(&name));
+                    log::info!(
+                        "{} hidden: a stale copy, Dovecot reads the control tree's",
+                        self.show(&rel)
+                    );
+                    continue;
+                }
+                // The others (maildirfolder, dovecot-shared, dovecot-acl) stay in the Maildir
+                // and are served as its other files are.
             }
             let (st, pin) = match self.stat_entry(dir, &name, entry.d_type) {
                 Ok(found) => found,
@@ -606,6 +624,18 @@ impl<'a> Freezer<'a> {
             }
             if let Some(n) = self.new_node(dir, &p.rel, name, &st, pin) {
                 children.push(n);
+            }
+        }
+        if elsewhere {
+            // Captured in the control tree, not listed here: served in the mailbox all the
+            // same, so a copy of the view restores into the default layout with its UIDs.
+            let rest = self
+                .mailboxes
+                .get_mut(&p.rel)
+                .map(|m| std::mem::take(&mut m.control))
+                .unwrap_or_default();
+            for c in rest {
+                children.push(self.control_node(c, true));
             }
         }
         if mailbox && !has_tmp {
@@ -816,16 +846,40 @@ impl<'a> Freezer<'a> {
         name: &[u8],
         d_type: u8,
     ) -> std::io::Result<(sys::Stat, Option<Pin>)> {
-        if d_type == libc::DT_REG
-            && let Some(pin) = self.budget.pin(dir, OsStr::from_bytes(name), d_type)
-        {
-            let st = sys::fstat(pin.as_fd())?;
-            return Ok((st, Some(pin)));
+        if d_type == libc::DT_REG {
+            if let Some(pin) = self.budget.pin(dir, OsStr::from_bytes(name), d_type) {
+                let st = sys::fstat(pin.as_fd())?;
+                return Ok((st, Some(pin)));
+            }
         }
         sys::lstat_at(dir, OsStr::from_bytes(name)).map(|st| (st, None))
     }
 
     /// A node for an entry of a plain or mailbox directory, or `None` if it is left out.
+    /// The node of a control file as captured under the lock: its bytes held, or read through
+    /// its pin never past the size it had then. One from a control tree gets a synthetic
+    /// inode: its own may be another filesystem's, or that of the same file shown where the
+    /// tree lies inside SOURCE, and must not pass for a hard link of either.
+    fn control_node(&self, c: capture::ControlFile, from_tree: bool) -> NewNode {
+        let mut attr = attr_of(&c.stat);
+        if from_tree {
+            attr.ino = Ino(0);
+        }
+        let (kind, pin) = match c.content {
+            ControlContent::Inline(bytes) => {
+                attr.size = bytes.len() as u64;
+                (NewContent::Inline(bytes), None)
+            }
+            ControlContent::Pinned(fd) => (NewContent::Source, Some(self.budget.adopt(fd))),
+        };
+        NewNode {
+            kind: NewKind::File(kind),
+            attr,
+            name: c.name,
+            pin,
+        }
+    }
+
     fn new_node(
         &mut self,
         dir: BorrowedFd<'_>,
@@ -949,11 +1003,11 @@ impl<'a> Freezer<'a> {
     ) -> Option<(sys::Stat, Option<Pin>)> {
         // A pin that is not of the listed inode (the name was replaced between listing and
         // pinning) is not the listed file: it drops, giving its budget back.
-        if let Some(pin) = l.pin.take()
-            && let Ok(st) = sys::fstat(pin.as_fd())
-            && st.st_ino == l.ino
-        {
-            return Some((st, Some(pin)));
+        if let Some(pin) = l.pin.take() {
+            match sys::fstat(pin.as_fd()) {
+                Ok(st) if st.st_ino == l.ino => return Some((st, Some(pin))),
+                _ => {}
+            }
         }
         // Without the directory, an unpinned message cannot be reached.
         let dir = dir?;
@@ -1010,10 +1064,9 @@ impl<'a> Freezer<'a> {
                     _ => {}
                 }
             }
-            if let Ok(st) = sys::lstat_at(dir.as_fd(), name)
-                && st.st_ino == l.ino
-            {
-                return Some((st, None));
+            match sys::lstat_at(dir.as_fd(), name) {
+                Ok(st) if st.st_ino == l.ino => return Some((st, None)),
+                _ => {}
             }
         }
         None

@@ -14,6 +14,8 @@
 //! # Layout
 //! - `maildir/`: filename grammar, names to hide, control files, discovery.
 //! - `lock.rs`: the Dovecot dotlock as an RAII guard, and the registry a stop signal releases.
+//! - `control_tree.rs`: where each mailbox's lock and control files are (the mailbox, or a
+//!   separate control tree), opened without following symlinks.
 //! - `capture.rs`: account-at-once capture, the listing check, bounded control-file reads.
 //! - `watch.rs`: the stall watchdog's view of a running capture (heartbeat, locks held).
 //! - `freeze.rs`: builds the snapshot after the locks are gone.
@@ -30,6 +32,7 @@
 
 pub mod capture;
 pub mod cli;
+pub mod control_tree;
 pub mod daemon;
 pub mod error;
 pub mod freeze;

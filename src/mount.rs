@@ -134,6 +134,52 @@ pub struct Captured {
     pub selected: bool,
     /// The lock holds of the captures made after the mount (on demand).
     pub later: Arc<LaterHolds>,
+    /// The control tree in use, as the summary names it (`None`: in the Maildir).
+    pub control_dir: Option<String>,
+}
+
+/// Where the capture finds the locks and control files, from `--control-dir` or, by default,
+/// from Dovecot's own settings when `doveconf` is installed and they describe SOURCE; with
+/// how the summary names the control tree in use.
+fn control_places(
+    opts: &MountOptions,
+    source: &Path,
+) -> Result<(crate::control_tree::ControlPlaces, Option<String>)> {
+    use crate::control_tree::ControlPlaces;
+    use crate::maildir::control;
+    use crate::options::ControlDir;
+    match &opts.control_dir {
+        ControlDir::InMaildir => Ok((ControlPlaces::in_maildir(), None)),
+        ControlDir::Tree(t) => Ok((ControlPlaces::tree(t.clone())?, Some(t.as_str().to_owned()))),
+        ControlDir::Learn => {
+            let Some(learned) = control::from_doveconf() else {
+                return Ok((ControlPlaces::in_maildir(), None));
+            };
+            let Some(text) = learned.control.as_deref() else {
+                return Ok((ControlPlaces::in_maildir(), None));
+            };
+            if !learned.describes(source) {
+                log::info!(
+                    "doveconf's mail path {} is not in {}; its control directory {text} is not                      used (give --control-dir to use it)",
+                    learned.mail_path,
+                    escape_path(source)
+                );
+                return Ok((ControlPlaces::in_maildir(), None));
+            }
+            let template: control::Template = text.parse().map_err(|why: String| {
+                Error::msg(
+                    "cannot use doveconf's control directory",
+                    source,
+                    format!("{why}; give --control-dir TEMPLATE, or --control-dir maildir"),
+                )
+            })?;
+            log::info!("control files in {text}, as doveconf says");
+            Ok((
+                ControlPlaces::tree(template)?,
+                Some(format!("{text} (from doveconf)")),
+            ))
+        }
+    }
 }
 
 impl Captured {
@@ -242,6 +288,7 @@ pub fn capture_tree_with(
     progress: &Arc<capture::Progress>,
 ) -> Result<Captured> {
     let started = Instant::now();
+    let (places, control_dir) = control_places(opts, source)?;
     let policy = LockPolicy {
         no_lock: opts.no_lock,
         strict: opts.strict_lock,
@@ -249,6 +296,7 @@ pub fn capture_tree_with(
         test_hold: test_hold(),
         one_mailbox_at_a_time: false,
         lock_host: opts.lock_host.clone(),
+        places: Arc::new(places),
     };
     if opts.lock_host.is_none() && !opts.no_lock && crate::lock::in_other_pid_namespace() {
         log::warn!(
@@ -258,6 +306,7 @@ pub fn capture_tree_with(
     }
     let budget = Arc::new(PinBudget::for_working_set(opts.working_set));
     let at = Start {
+        control_dir,
         root,
         source,
         opts,
@@ -276,6 +325,8 @@ pub fn capture_tree_with(
 
 /// What a capture at mount starts from.
 struct Start<'a> {
+    /// The control tree in use, for the summary.
+    control_dir: Option<String>,
     root: &'a OwnedFd,
     source: &'a Path,
     opts: &'a MountOptions,
@@ -345,6 +396,7 @@ impl Start<'_> {
             fd_limit: self.budget.limit,
             working_set: self.working_set,
             selected: !self.opts.selection.is_all(),
+            control_dir: self.control_dir,
         }
     }
 
@@ -766,11 +818,11 @@ fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, 
         // filesystem that may be hanging, and must not hold up the workers or the others.
         let mut revoke = Vec::new();
         for slot in state.slots.iter_mut() {
-            if let Slot::Running(watch, beat) = slot
-                && beat.silent_for(watch) >= board.work.stall_timeout
-            {
-                revoke.push(Arc::clone(watch));
-                *slot = Slot::Stalled;
+            if let Slot::Running(watch, beat) = slot {
+                if beat.silent_for(watch) >= board.work.stall_timeout {
+                    revoke.push(Arc::clone(watch));
+                    *slot = Slot::Stalled;
+                }
             }
         }
         if !revoke.is_empty() {
@@ -839,14 +891,14 @@ fn capture_accounts(root: &OwnedFd, work: Work) -> Result<(Vec<AccountCapture>, 
     if let Some(e) = first_err {
         return Err(e);
     }
-    if board.work.policy.strict
-        && let Some(first) = stalled.first()
-    {
-        return Err(Error::msg(
-            "cannot lock account",
-            board.work.source.join(first),
-            "its capture hung (--strict-lock)",
-        ));
+    if board.work.policy.strict {
+        if let Some(first) = stalled.first() {
+            return Err(Error::msg(
+                "cannot lock account",
+                board.work.source.join(first),
+                "its capture hung (--strict-lock)",
+            ));
+        }
     }
     Ok((out, stalled))
 }
@@ -1358,6 +1410,9 @@ pub fn summary_line(checked: &Checked, c: &Captured) -> String {
             "; {} special files (FIFO, socket, device) left out",
             c.report.special_files
         ));
+    }
+    if let Some(t) = &c.control_dir {
+        line.push_str(&format!("; control files from {t}"));
     }
     if let Some(first) = c.report.control_too_large.first() {
         line.push_str(&format!(

@@ -44,6 +44,30 @@ pub struct MountOptions {
     /// `--working-set FILES`: how many files the captured accounts may hold pinned together
     /// (default: from the fd limit and the machine's memory; see `pin.rs`).
     pub working_set: Option<usize>,
+    /// `--control-dir`: where Dovecot keeps the control files.
+    pub control_dir: ControlDir,
+}
+
+/// Where Dovecot keeps each mailbox's control files (`--control-dir`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ControlDir {
+    /// From `doveconf`'s mail settings when they describe SOURCE, else in the Maildir.
+    #[default]
+    Learn,
+    /// `--control-dir maildir`: in each mailbox's own directory, whatever doveconf says.
+    InMaildir,
+    /// A separate control tree.
+    Tree(crate::maildir::control::Template),
+}
+
+impl std::str::FromStr for ControlDir {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ControlDir, String> {
+        if s == "maildir" {
+            return Ok(ControlDir::InMaildir);
+        }
+        s.parse().map(ControlDir::Tree)
+    }
 }
 
 /// When accounts are captured (`--capture`).
@@ -91,6 +115,7 @@ impl MountOptions {
             progress: true,
             capture: CaptureMode::OnDemand,
             working_set: None,
+            control_dir: ControlDir::Learn,
         }
     }
 
@@ -149,6 +174,7 @@ impl MountOptions {
                     self.working_set = Some(n);
                 }
                 ("log_file", Some(v)) if !v.is_empty() => self.log_file = Some(PathBuf::from(v)),
+                ("control_dir", Some(v)) => self.control_dir = v.parse()?,
                 ("lock_host", Some(v)) => self.lock_host = Some(valid_lock_host(v)?),
                 ("include", Some(v)) => self.selection.include(v)?,
                 ("exclude", Some(v)) => self.selection.exclude(v)?,

@@ -4,6 +4,7 @@
 //! `filename` and `names` are pure functions over bytes and never touch the disk; `discover`
 //! reads directories (and nothing else) to find the accounts.
 
+pub mod control;
 pub mod discover;
 pub mod filename;
 pub mod names;

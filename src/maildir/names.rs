@@ -10,9 +10,17 @@ pub const CONTROL_FILES: &[&[u8]] = &[
     b"dovecot-keywords",
     b"dovecot-acl",
     b"dovecot-shared",
-    b"subscriptions",
+    SUBSCRIPTIONS,
     b"maildirfolder",
 ];
+
+/// The list of subscribed folders, in the account's root (or its control directory).
+pub const SUBSCRIPTIONS: &[u8] = b"subscriptions";
+
+/// The control files Dovecot keeps in a separate control tree when one is in use (the
+/// others, e.g. `maildirfolder`, stay in the Maildir). A copy of one of these in the Maildir is
+/// then stale: Dovecot never reads it.
+pub const TREE_FILES: &[&[u8]] = &[UIDLIST, b"dovecot-keywords", SUBSCRIPTIONS];
 
 /// The UID list: the one control file that is never left out of the image.
 pub const UIDLIST: &[u8] = b"dovecot-uidlist";
