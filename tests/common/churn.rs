@@ -22,10 +22,24 @@ pub struct Journal {
     pub expunged: HashMap<String, Instant>,
 }
 
-/// A private Dovecot for user alice with folders INBOX and Other, `n` messages delivered to
-/// INBOX with LDA, and the journal that records them.
+/// A private Dovecot 2.3 for user alice with folders INBOX and Other, `n` messages delivered
+/// to INBOX with LDA, and the journal that records them.
 pub fn churn_setup(fx: &Fixture, n: usize) -> (Arc<Dovecot>, Arc<Mutex<Journal>>) {
-    let dc = Arc::new(Dovecot::start(
+    let setup = Setup {
+        flavor: Flavor::Host23,
+        control: None,
+    };
+    churn_setup_with(&setup, fx, n)
+}
+
+/// [`churn_setup`] with the Dovecot of `setup`.
+pub fn churn_setup_with(
+    setup: &Setup,
+    fx: &Fixture,
+    n: usize,
+) -> (Arc<Dovecot>, Arc<Mutex<Journal>>) {
+    let dc = Arc::new(Dovecot::start_with(
+        setup,
         &fx.dir.join("dovecot"),
         &fx.src(),
         &["alice"],
@@ -104,21 +118,21 @@ pub fn run_churn(
                 n += 1;
                 let uid = format!("{}:{}", n % 40 + 1, n % 40 + 10);
                 let flag = ["\\Seen", "\\Flagged", "\\Answered", "$Forwarded"][n as usize % 4];
-                let verb = if n.is_multiple_of(2) { "add" } else { "remove" };
+                let verb = if n % 2 == 0 { "add" } else { "remove" };
                 for b in ["INBOX", "Other"] {
                     dc.doveadm(&[
                         "flags", verb, "-u", "alice", flag, "mailbox", b, "uid", &uid,
                     ]);
                 }
                 c[1].fetch_add(1, Ordering::Relaxed);
-                let (to, from) = if n.is_multiple_of(2) {
+                let (to, from) = if n % 2 == 0 {
                     ("Other", "INBOX")
                 } else {
                     ("INBOX", "Other")
                 };
                 dc.doveadm(&["move", "-u", "alice", to, "mailbox", from, "uid", &uid]);
                 c[2].fetch_add(1, Ordering::Relaxed);
-                if n.is_multiple_of(3) {
+                if n % 3 == 0 {
                     let id = format!("pre{}@churn", n % 150);
                     j.lock()
                         .unwrap()

@@ -1,25 +1,131 @@
 //! A private Dovecot for tests: its own config in a temporary directory, no network listener,
 //! a passwd-file userdb whose homes are under the fixture's `src/`, an unprivileged mail uid.
 //! Started with `dovecot -c`, driven with `doveadm -c` and `dovecot-lda -c`, stopped on drop.
+//!
+//! Two flavors: Dovecot 2.3 installed on the host (Debian 12), and Dovecot 2.4 in the Debian 13
+//! root (`debian13.rs`), each with its own config syntax. A user is `alice` (home
+//! `<homes>/alice`) or `alice@example.org` (home `<homes>/example.org/alice`), with the Maildir
+//! in `Maildir/` of the home; the control files are there too, or in a separate control tree.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use super::debian13::{Debian13, debian13};
+
 /// The mail uid and gid (Dovecot refuses root: `first_valid_uid`).
 pub const MAIL_UID: u32 = 5000;
 
 pub const LDA: &str = "/usr/lib/dovecot/dovecot-lda";
 
+/// Which Dovecot runs.
+#[derive(Debug, Clone)]
+pub enum Flavor {
+    /// Dovecot 2.3, installed on the host.
+    Host23,
+    /// Dovecot 2.4.1, in the Debian 13 root.
+    Debian13_24(Debian13),
+}
+
+impl Flavor {
+    /// Dovecot 2.3 on the host, if it is installed (see [`dovecot_available`]).
+    pub fn host23() -> Option<Flavor> {
+        dovecot_available().then_some(Flavor::Host23)
+    }
+
+    /// Dovecot 2.4 in the Debian 13 root, if the root is built (see [`debian13`]).
+    pub fn debian13_24() -> Option<Flavor> {
+        debian13().map(Flavor::Debian13_24)
+    }
+
+    /// `"2.3"` or `"2.4"`.
+    pub fn version(&self) -> &'static str {
+        match self {
+            Flavor::Host23 => "2.3",
+            Flavor::Debian13_24(_) => "2.4",
+        }
+    }
+
+    /// A command that runs this flavor's `program` (`dovecot`, `doveadm`, [`LDA`]).
+    pub fn command(&self, program: &str) -> Command {
+        match self {
+            Flavor::Host23 => Command::new(program),
+            Flavor::Debian13_24(root) => root.command(program),
+        }
+    }
+
+    /// The config for a Dovecot in `dir` whose users are in `dir/passwd`, with the control
+    /// files in the Maildir or under `control` (a template in Dovecot 2.3's `%d`/`%n`).
+    fn config(&self, dir: &Path, control: Option<&str>) -> String {
+        let d = dir.display();
+        let common = format!(
+            "protocols =\n\
+             base_dir = {d}/run\n\
+             state_dir = {d}/state\n\
+             log_path = {d}/dovecot.log\n\
+             info_log_path = {d}/dovecot.log\n\
+             ssl = no\n\
+             first_valid_uid = {MAIL_UID}\n\
+             mail_uid = {MAIL_UID}\n\
+             mail_gid = {MAIL_UID}\n"
+        );
+        let inbox = "namespace inbox {\n  inbox = yes\n  separator = /\n}\n";
+        match self {
+            Flavor::Host23 => {
+                let control = control.map_or(String::new(), |c| format!(":CONTROL={c}"));
+                format!(
+                    "{common}\
+                     mail_location = maildir:~/Maildir{control}\n\
+                     passdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
+                     userdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
+                     {inbox}"
+                )
+            }
+            Flavor::Debian13_24(_) => {
+                let control = control.map_or(String::new(), |c| {
+                    format!(
+                        "mail_control_path = {}\n",
+                        c.replace("%d", "%{user | domain}")
+                            .replace("%n", "%{user | username}")
+                    )
+                });
+                format!(
+                    "dovecot_config_version = 2.4.1\n\
+                     dovecot_storage_version = 2.4.1\n\
+                     {common}\
+                     mail_driver = maildir\n\
+                     mail_path = ~/Maildir\n\
+                     {control}\
+                     passdb passwd-file {{\n  passwd_file_path = {d}/passwd\n}}\n\
+                     userdb passwd-file {{\n  passwd_file_path = {d}/passwd\n}}\n\
+                     {inbox}"
+                )
+            }
+        }
+    }
+}
+
+/// How a test's Dovecot is set up.
+#[derive(Debug, Clone)]
+pub struct Setup<'a> {
+    pub flavor: Flavor,
+    /// A separate control tree, as a template with `%d` (the domain) and `%n` (the user name
+    /// without it), e.g. `/tmp/x/control/%d/%n`; `None`: the control files are in the Maildir.
+    pub control: Option<&'a str>,
+}
+
 pub struct Dovecot {
     pub dir: PathBuf,
     pub conf: PathBuf,
-    /// Where the users' homes are: `<homes>/<user>/Maildir`.
+    /// Where the users' homes are: `<homes>/<user>` or `<homes>/<domain>/<user>`.
     pub homes: PathBuf,
+    pub flavor: Flavor,
+    control: Option<String>,
 }
 
-/// Whether Dovecot is installed; with `MAILDIRFS_REQUIRE_FUSE=1` (CI) its absence fails.
+/// Whether Dovecot 2.3 is installed on the host; with `MAILDIRFS_REQUIRE_FUSE=1` (CI) its
+/// absence fails.
 pub fn dovecot_available() -> bool {
     let ok = Path::new(LDA).exists() && Command::new("dovecot").arg("--version").output().is_ok();
     if !ok {
@@ -31,55 +137,93 @@ pub fn dovecot_available() -> bool {
     ok
 }
 
+/// The Dovecot to run a test against, if the test can run: FUSE first when it mounts, then
+/// that Dovecot (each skips, or with `MAILDIRFS_REQUIRE_FUSE=1` fails, when missing).
+pub fn can_run(mounts: bool, flavor: fn() -> Option<Flavor>) -> Option<Flavor> {
+    if mounts && !super::fuse_available() {
+        return None;
+    }
+    flavor()
+}
+
+/// For each `name => mounts`, a module `name` with the tests `dovecot23` and `dovecot24`
+/// that run `name(&Flavor)` against Dovecot 2.3 on the host and 2.4 in the Debian 13 root.
+#[macro_export]
+macro_rules! against_both_dovecots {
+    ($($name:ident => $mounts:expr),* $(,)?) => {$(
+        mod $name {
+            use super::common::dovecot::{Flavor, can_run};
+            #[test]
+            fn dovecot23() {
+                if let Some(f) = can_run($mounts, Flavor::host23) {
+                    super::$name(&f);
+                }
+            }
+            #[test]
+            fn dovecot24() {
+                if let Some(f) = can_run($mounts, Flavor::debian13_24) {
+                    super::$name(&f);
+                }
+            }
+        }
+    )*};
+}
+
+/// A user's name and domain: `alice@example.org` is `("alice", "example.org")`, `alice` is
+/// `("alice", "")`.
+fn name_and_domain(user: &str) -> (&str, &str) {
+    user.split_once('@').unwrap_or((user, ""))
+}
+
 impl Dovecot {
-    /// Starts a private Dovecot in `dir` for `users`, with homes under `homes`.
+    /// Starts a private Dovecot 2.3 on the host in `dir` for `users`, with homes under `homes`.
     pub fn start(dir: &Path, homes: &Path, users: &[&str]) -> Dovecot {
+        let setup = Setup {
+            flavor: Flavor::Host23,
+            control: None,
+        };
+        Self::start_with(&setup, dir, homes, users)
+    }
+
+    /// Starts a private Dovecot of `setup`'s flavor in `dir` for `users`, with homes under
+    /// `homes`.
+    pub fn start_with(setup: &Setup, dir: &Path, homes: &Path, users: &[&str]) -> Dovecot {
         for d in ["run", "state"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
         std::fs::create_dir_all(homes).unwrap();
+        let dc = Dovecot {
+            dir: dir.to_path_buf(),
+            conf: dir.join("dovecot.conf"),
+            homes: homes.to_path_buf(),
+            flavor: setup.flavor.clone(),
+            control: setup.control.map(str::to_owned),
+        };
         let mut passwd = String::new();
         for u in users {
-            let home = homes.join(u);
+            let home = dc.home(u);
             std::fs::create_dir_all(&home).unwrap();
             chown_tree(&home);
+            reachable(&home);
+            if let Some(ctl) = dc.control_dir(u) {
+                std::fs::create_dir_all(&ctl).unwrap();
+                chown_tree(&ctl);
+                reachable(&ctl);
+            }
             passwd.push_str(&format!(
                 "{u}:{{PLAIN}}x:{MAIL_UID}:{MAIL_UID}::{}::\n",
                 home.display()
             ));
         }
         std::fs::write(dir.join("passwd"), passwd).unwrap();
-        let conf = dir.join("dovecot.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "protocols =\n\
-                 base_dir = {d}/run\n\
-                 state_dir = {d}/state\n\
-                 log_path = {d}/dovecot.log\n\
-                 info_log_path = {d}/dovecot.log\n\
-                 ssl = no\n\
-                 mail_location = maildir:~/Maildir\n\
-                 first_valid_uid = {MAIL_UID}\n\
-                 mail_uid = {MAIL_UID}\n\
-                 mail_gid = {MAIL_UID}\n\
-                 passdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
-                 userdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
-                 namespace inbox {{\n  inbox = yes\n  separator = /\n}}\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
-        // Let the unprivileged mail uid reach the homes.
-        let mut p = homes.to_path_buf();
-        while p.pop() && p != Path::new("/") && p != Path::new("/tmp") {
-            let _ = Command::new("chmod").arg("o+x").arg(&p).status();
-        }
+        std::fs::write(&dc.conf, dc.flavor.config(dir, setup.control)).unwrap();
         // The master daemonizes and keeps its stdio: give it none of ours, or a reader of our
         // pipes would wait for it forever.
-        let status = Command::new("dovecot")
+        let status = dc
+            .flavor
+            .command("dovecot")
             .arg("-c")
-            .arg(&conf)
+            .arg(&dc.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -87,29 +231,46 @@ impl Dovecot {
             .unwrap();
         assert!(
             status.success(),
-            "dovecot failed to start: {}",
+            "dovecot {} failed to start: {}",
+            dc.flavor.version(),
             dir.join("dovecot.log").display()
         );
-        Dovecot {
-            dir: dir.to_path_buf(),
-            conf,
-            homes: homes.to_path_buf(),
+        dc
+    }
+
+    /// A user's home: `<homes>/<user>`, or `<homes>/<domain>/<user>` for `user@domain`.
+    pub fn home(&self, user: &str) -> PathBuf {
+        let (name, domain) = name_and_domain(user);
+        if domain.is_empty() {
+            self.homes.join(name)
+        } else {
+            self.homes.join(domain).join(name)
         }
     }
 
     pub fn maildir(&self, user: &str) -> PathBuf {
-        self.homes.join(user).join("Maildir")
+        self.home(user).join("Maildir")
+    }
+
+    /// Where Dovecot keeps `user`'s control files (INBOX's in `.INBOX/`, a folder's in
+    /// `.Folder/`), when they are in a separate control tree.
+    pub fn control_dir(&self, user: &str) -> Option<PathBuf> {
+        let (name, domain) = name_and_domain(user);
+        self.control
+            .as_ref()
+            .map(|t| PathBuf::from(t.replace("%d", domain).replace("%n", name)))
+    }
+
+    /// `doveadm -c CONF`, for the caller to add arguments to.
+    pub fn doveadm_command(&self) -> Command {
+        let mut c = self.flavor.command("doveadm");
+        c.arg("-c").arg(&self.conf).stdin(Stdio::null());
+        c
     }
 
     /// Runs `doveadm -c CONF ARGS`.
     pub fn doveadm(&self, args: &[&str]) -> Output {
-        Command::new("doveadm")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        self.doveadm_command().args(args).output().unwrap()
     }
 
     /// `doveadm` that must succeed; returns its stdout.
@@ -117,7 +278,8 @@ impl Dovecot {
         let out = self.doveadm(args);
         assert!(
             out.status.success(),
-            "doveadm {args:?}: {}",
+            "doveadm {} {args:?}: {}",
+            self.flavor.version(),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -125,11 +287,8 @@ impl Dovecot {
 
     /// A `doveadm` command started in the background.
     pub fn doveadm_spawn(&self, args: &[&str]) -> std::process::Child {
-        Command::new("doveadm")
-            .arg("-c")
-            .arg(&self.conf)
+        self.doveadm_command()
             .args(args)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -138,7 +297,7 @@ impl Dovecot {
 
     /// Delivers `msg` to `user` (into `mailbox` if given) with `dovecot-lda`.
     pub fn deliver(&self, user: &str, mailbox: Option<&str>, msg: &[u8]) -> Output {
-        let mut c = Command::new(LDA);
+        let mut c = self.flavor.command(LDA);
         c.arg("-c").arg(&self.conf).arg("-d").arg(user);
         if let Some(m) = mailbox {
             c.arg("-m").arg(m);
@@ -154,29 +313,78 @@ impl Dovecot {
         child.wait_with_output().unwrap()
     }
 
+    /// What Dovecot reports of `user`'s mail, to compare a restore with its original: every
+    /// mailbox's UIDVALIDITY, UIDNEXT, count and GUID, and every message's mailbox, UID, GUID,
+    /// flags and keywords, size and body (`\Recent` left out: it is per session), sorted.
+    pub fn state(&self, user: &str) -> (String, String) {
+        let sorted = |s: &str| {
+            let mut v: Vec<&str> = s.lines().collect();
+            v.sort_unstable();
+            v.join("\n")
+        };
+        let status = self.doveadm_ok(&[
+            "-f",
+            "flow",
+            "mailbox",
+            "status",
+            "-u",
+            user,
+            "uidvalidity uidnext messages guid",
+            "*",
+        ]);
+        let fetch = self.doveadm_ok(&[
+            "-f",
+            "flow",
+            "fetch",
+            "-u",
+            user,
+            "mailbox uid guid flags size.physical body",
+            "mailbox",
+            "*",
+            "all",
+        ]);
+        (
+            sorted(&status),
+            sorted(&fetch.replace(" \\Recent", "").replace("\\Recent", "")),
+        )
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
+    }
+
+    /// The master's pid, while it runs.
+    pub fn master_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("run/master.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
     }
 }
 
 impl Drop for Dovecot {
     fn drop(&mut self) {
-        let pid = std::fs::read_to_string(self.dir.join("run/master.pid")).ok();
-        let _ = Command::new("doveadm")
-            .arg("-c")
-            .arg(&self.conf)
+        let pid = self.master_pid();
+        let _ = self
+            .doveadm_command()
             .arg("stop")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        if let Some(pid) = pid.and_then(|p| p.trim().parse::<i32>().ok()) {
+        if let Some(pid) = pid {
             let end = Instant::now() + Duration::from_secs(10);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).output();
         }
+    }
+}
+
+/// Lets the unprivileged mail uid reach `p` (search permission on the directories above it).
+fn reachable(p: &Path) {
+    let mut p = p.to_path_buf();
+    while p.pop() && p != Path::new("/") && p != Path::new("/tmp") {
+        let _ = Command::new("chmod").arg("o+x").arg(&p).status();
     }
 }
 

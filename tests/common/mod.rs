@@ -3,11 +3,13 @@
 #![allow(dead_code)]
 
 pub mod churn;
+pub mod debian13;
 pub mod dovecot;
 pub mod faulty;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -141,7 +143,7 @@ pub fn server_pid(path: &Path) -> Option<i32> {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .filter_map(|e| std::fs::File::open(e.path()).ok().map(|f| (f, e.path())))
-        .find(|(f, _)| f.try_lock_shared().is_err())
+        .find(|(f, _)| !matches!(maildirfs::sys::try_flock_shared(f.as_fd()), Ok(true)))
         .and_then(|(_, p)| std::fs::read_to_string(p).ok())?;
     state
         .lines()
