@@ -26,7 +26,7 @@ use crate::capture::{
 };
 use crate::error::{Error, Result, escape_path};
 use crate::maildir::discover::{
-    MAX_DEPTH, child_depth, entry_is_dir, has_mailbox_dirs, is_mailbox,
+    MAX_DEPTH, child_depth, entry_is_dir, holds_inbox_folder, is_account_root, is_mailbox,
 };
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
@@ -421,7 +421,7 @@ impl<'a> Freezer<'a> {
         };
         if probe {
             if let Ok(place) = &opened {
-                if has_mailbox_dirs(place.as_fd()) {
+                if is_account_root(place.as_fd()) {
                     return Ok(self.found_account(&p));
                 }
                 // Not an account's root: opened again to be listed (the directory itself, not
@@ -495,8 +495,16 @@ impl<'a> Freezer<'a> {
         // that way down: its subdirectories that are shown or lead to shown ones.
         let only_the_way = self.selection.visibility(&p.rel) == Visibility::Ancestor;
         let mut mailbox = !only_the_way && is_mailbox(dir, &entries);
-        if mailbox && self.find_accounts {
-            // Made a mailbox since the look above: an account's root all the same.
+        if self.find_accounts
+            && !only_the_way
+            && (mailbox
+                || (entries
+                    .iter()
+                    .any(|e| e.name == crate::maildir::discover::INBOX_FOLDER)
+                    && holds_inbox_folder(dir)))
+        {
+            // Made an account's root since the look above (or not looked at): one all the
+            // same.
             return Ok(self.found_account(&p));
         }
         if mailbox && !self.mailboxes.contains_key(&p.rel) {

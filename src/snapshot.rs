@@ -424,14 +424,19 @@ impl Snapshot {
     }
 
     /// Every mailbox of the account that the mailbox `mailbox` belongs to: the topmost mailbox
-    /// above it (or itself) and every mailbox below that, Maildir++ folders and LAYOUT=fs
+    /// above it (or itself, or the directory above holding a `.INBOX` mailbox) and every
+    /// mailbox below that, Maildir++ folders and LAYOUT=fs
     /// subfolders alike. A message moved by Dovecot goes to one of these.
     pub fn account_mailboxes(&self, mailbox: NodeIdx) -> Vec<NodeIdx> {
         let mut root = mailbox;
         let mut cur = mailbox;
         while cur != NodeIdx::ROOT {
             cur = self.node(cur).parent;
-            if self.is_mailbox(cur) {
+            // A mailbox, or the directory holding a `.INBOX` mailbox (INBOX kept as a folder).
+            let holds_inbox = self
+                .lookup(cur, crate::maildir::discover::INBOX_FOLDER)
+                .is_some_and(|i| self.is_mailbox(i));
+            if self.is_mailbox(cur) || holds_inbox {
                 root = cur;
             }
         }

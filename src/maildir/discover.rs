@@ -1,6 +1,9 @@
 //! Finds the accounts and mailboxes of a tree. A *mailbox* is a directory with `cur/` and
 //! `new/` subdirectories; an *account* is a mailbox not inside another mailbox, together with
-//! every mailbox below it (Maildir++ `.Folder` directories and LAYOUT=fs subfolders).
+//! every mailbox below it (Maildir++ `.Folder` directories and LAYOUT=fs subfolders). Where
+//! Dovecot keeps INBOX in a folder of its own (`mail_inbox_path = ~/Maildir/.INBOX`, the
+//! example Debian 13 gives), the directory holding that `.INBOX` mailbox is the account's
+//! root, although it is no mailbox itself: all its folders are one account, locked at once.
 //!
 //! The walk opens each directory relative to its parent with `O_NOFOLLOW`, so it never leaves
 //! SOURCE through a symlink, and it stays on SOURCE's filesystem (like `rsync -x`), recording
@@ -31,13 +34,19 @@ pub fn child_depth(depth: usize, account_root: bool) -> usize {
     if account_root { 1 } else { depth + 1 }
 }
 
-/// One account: a top-level mailbox and the mailboxes below it.
+/// INBOX kept as a Maildir++ folder: the directory holding a mailbox of this name is an
+/// account's root.
+pub const INBOX_FOLDER: &[u8] = b".INBOX";
+
+/// One account: a top-level mailbox (or a directory holding a `.INBOX` mailbox) and the
+/// mailboxes below it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
-    /// Path of the account's root mailbox relative to SOURCE (empty when SOURCE is a Maildir).
+    /// Path of the account's root relative to SOURCE (empty when SOURCE is a Maildir): its
+    /// top-level mailbox, or the directory holding its `.INBOX`.
     pub root: PathBuf,
-    /// Every mailbox of the account relative to SOURCE, the root first, sorted by path bytes:
-    /// the order in which their locks are taken.
+    /// Every mailbox of the account relative to SOURCE, sorted by path bytes (the root first
+    /// where it is a mailbox): the order in which their locks are taken.
     pub mailboxes: Vec<PathBuf>,
 }
 
@@ -169,8 +178,15 @@ impl Walk<'_> {
         // A directory only on the way to selected ones is searched but is no mailbox itself.
         let shown = self.selection.visibility(&rel) == Visibility::Shown;
         let mailbox = shown && is_mailbox(dir, &entries);
-        let below = child_depth(depth, mailbox && account.is_none());
-        let account = if mailbox {
+        let inbox_root = shown
+            && !mailbox
+            && account.is_none()
+            && entries
+                .iter()
+                .any(|e| e.name == INBOX_FOLDER && entry_is_dir(dir, e))
+            && holds_inbox_folder(dir);
+        let below = child_depth(depth, (mailbox || inbox_root) && account.is_none());
+        let account = if mailbox || inbox_root {
             let idx = account.unwrap_or_else(|| {
                 self.out.accounts.push(Account {
                     root: rel.clone(),
@@ -178,7 +194,9 @@ impl Walk<'_> {
                 });
                 self.out.accounts.len() - 1
             });
-            self.out.accounts[idx].mailboxes.push(rel.clone());
+            if mailbox {
+                self.out.accounts[idx].mailboxes.push(rel.clone());
+            }
             Some(idx)
         } else {
             account
@@ -263,6 +281,24 @@ pub fn has_mailbox_dirs(dir: BorrowedFd<'_>) -> bool {
     is_dir(names::CUR) && is_dir(names::NEW)
 }
 
+/// Whether the directory open at `dir` (possibly `O_PATH`) holds INBOX as a `.INBOX` mailbox,
+/// and so is an account's root though it is no mailbox: one more lookup, which fails at once
+/// in most directories. `.INBOX` is never followed as a symlink.
+pub fn holds_inbox_folder(dir: BorrowedFd<'_>) -> bool {
+    sys::openat(
+        dir,
+        OsStr::from_bytes(INBOX_FOLDER),
+        libc::O_PATH | libc::O_DIRECTORY,
+    )
+    .is_ok_and(|inbox| has_mailbox_dirs(inbox.as_fd()))
+}
+
+/// Whether the directory open at `dir` is an account's root, found without listing it: a
+/// mailbox, or a directory holding a `.INBOX` mailbox.
+pub fn is_account_root(dir: BorrowedFd<'_>) -> bool {
+    has_mailbox_dirs(dir) || holds_inbox_folder(dir)
+}
+
 /// Whether a directory entry is a directory, from `d_type` or, where the filesystem does not
 /// fill it, from `lstat`.
 pub fn entry_is_dir(dir: BorrowedFd<'_>, entry: &sys::DirEntry) -> bool {
@@ -333,6 +369,52 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn inbox_kept_as_a_folder_makes_its_directory_the_accounts_root() {
+        let t = crate::testutil::TempDir::new("discover-inbox");
+        let root = t.path();
+        // `mail_inbox_path = ~/Maildir/.INBOX`: Maildir/ itself has no cur/ or new/.
+        mkbox(&root.join("example.org/alice/Maildir/.INBOX"));
+        mkbox(&root.join("example.org/alice/Maildir/.Sent"));
+        mkbox(&root.join("example.org/bob/Maildir/.Sent"));
+        let fd = fs::File::open(root).unwrap();
+        let d = discover(fd.as_fd(), root, false, &Selection::default()).unwrap();
+        let roots: Vec<_> = d.accounts.iter().map(|a| a.root.clone()).collect();
+        // Bob has no .INBOX: his folder stays an account of its own, as before.
+        assert_eq!(
+            rels(&roots),
+            ["example.org/alice/Maildir", "example.org/bob/Maildir/.Sent"]
+        );
+        assert_eq!(
+            rels(&d.accounts[0].mailboxes),
+            [
+                "example.org/alice/Maildir/.INBOX",
+                "example.org/alice/Maildir/.Sent"
+            ]
+        );
+        let again = discover_account(
+            fd.as_fd(),
+            root,
+            Path::new("example.org/alice/Maildir"),
+            false,
+            &Selection::default(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(again, d.accounts[0]);
+        let alice = fs::File::open(root.join("example.org/alice/Maildir")).unwrap();
+        assert!(is_account_root(alice.as_fd()));
+        let carol = fs::File::open(root.join("example.org")).unwrap();
+        assert!(!is_account_root(carol.as_fd()));
+        // A symlink named .INBOX is not followed.
+        let elsewhere = root.join("elsewhere");
+        mkbox(&elsewhere);
+        fs::create_dir_all(root.join("mallory")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("mallory/.INBOX")).unwrap();
+        let m = fs::File::open(root.join("mallory")).unwrap();
+        assert!(!is_account_root(m.as_fd()));
     }
 
     #[test]
