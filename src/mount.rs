@@ -159,8 +159,10 @@ fn control_places(
                 return Ok((ControlPlaces::in_maildir(), None));
             };
             if !learned.describes(source) {
-                log::info!(
-                    "doveconf's mail path {} is not in {}; its control directory {text} is not                      used (give --control-dir to use it)",
+                log::warn!(
+                    "doveconf says Dovecot keeps control files in {text}, but its mail path {} does not \
+                     show that {} is its store: not used (give --control-dir {text} if it is, \
+                     or --control-dir maildir)",
                     learned.mail_path,
                     escape_path(source)
                 );

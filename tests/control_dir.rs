@@ -90,6 +90,29 @@ fn serves_the_control_trees_files_in_each_mailbox() {
 }
 
 #[test]
+fn an_account_captured_on_demand_takes_its_control_files_from_the_tree_too() {
+    if !fuse_available() {
+        return;
+    }
+    let fx = Fixture::new("ctl-on-demand");
+    store(&fx);
+    // More accounts than the working set holds, alice last: she is captured when first read.
+    for u in ["aaron", "abby"] {
+        fx.mailbox(&format!("example.org/{u}/Maildir"));
+        fx.write(format!("example.org/{u}/Maildir/cur/1.{u}:2,S"), b"x\n");
+    }
+    let t = template(&fx);
+    let m = Mounted::new(&fx, &["--working-set", "2", "--control-dir", &t]);
+    assert!(
+        m.stderr.contains("left to capture when first read"),
+        "{}",
+        m.stderr
+    );
+    assert_served_from_tree(&m.mnt);
+    m.umount();
+}
+
+#[test]
 fn learns_the_template_from_doveconf() {
     if !fuse_available() {
         return;

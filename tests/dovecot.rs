@@ -39,6 +39,7 @@ fn start(flavor: &Flavor, fx: &Fixture, users: &[&str]) -> Dovecot {
     let setup = Setup {
         flavor: flavor.clone(),
         control: None,
+        inbox_folder: false,
     };
     Dovecot::start_with(&setup, &fx.dir.join("dovecot"), &fx.src(), users)
 }
@@ -496,6 +497,7 @@ fn churn_loses_no_message(flavor: &Flavor) {
     let setup = Setup {
         flavor: flavor.clone(),
         control: None,
+        inbox_folder: false,
     };
     let (dc, journal) = churn_setup_with(&setup, &fx, 150);
     let log = fx.dir.join("maildirfs.log");

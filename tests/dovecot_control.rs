@@ -23,15 +23,27 @@ const RESTORED: &str = "restored@example.org";
 
 against_both_dovecots! {
     control_tree_locks_and_restores => true,
+    control_tree_with_inbox_as_a_folder_locks_and_restores => true,
 }
 
 fn control_tree_locks_and_restores(flavor: &Flavor) {
+    scenario(flavor, false);
+}
+
+/// INBOX in `Maildir/.INBOX` (Debian 13's example config): the Maildir is one account, all
+/// its folders locked at once, INBOX's control files in the tree's `.INBOX/` all the same.
+fn control_tree_with_inbox_as_a_folder_locks_and_restores(flavor: &Flavor) {
+    scenario(flavor, true);
+}
+
+fn scenario(flavor: &Flavor, inbox_folder: bool) {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let fx = Fixture::new("dc-ctl");
     let template = format!("{}/control/%d/%n", fx.dir.display());
     let setup = Setup {
         flavor: flavor.clone(),
         control: Some(&template),
+        inbox_folder,
     };
     let dc = Dovecot::start_with(
         &setup,
@@ -113,6 +125,7 @@ fn control_tree_locks_and_restores(flavor: &Flavor) {
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
     assert!(said.contains("all accounts locked"), "{said}");
+    assert!(said.contains(": 1 accounts, 2 mailboxes,"), "{said}");
     assert!(
         said.contains(&format!("control files from {template}")),
         "{said}"
@@ -121,13 +134,19 @@ fn control_tree_locks_and_restores(flavor: &Flavor) {
 
     // The view: the control tree's files in the mailboxes' directories.
     let view = m.mnt.join("example.org/alice/Maildir");
+    let inbox = if inbox_folder {
+        view.join(".INBOX")
+    } else {
+        view.clone()
+    };
     assert_eq!(
-        std::fs::read(view.join("dovecot-uidlist")).unwrap()[..2],
+        std::fs::read(inbox.join("dovecot-uidlist")).unwrap()[..2],
         b"3 "[..]
     );
     assert!(view.join(".Archive/dovecot-uidlist").exists());
-    assert!(view.join("dovecot-keywords").exists());
-    assert!(view.join("subscriptions").exists());
+    assert!(inbox.join("dovecot-keywords").exists());
+    // Subscriptions are served with INBOX at the Maildir's root only.
+    assert_eq!(view.join("subscriptions").exists(), !inbox_folder);
     let out = run(&[OsStr::new("verify"), view.as_os_str()], &[]);
     let verified = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{verified}");
@@ -154,6 +173,7 @@ fn control_tree_locks_and_restores(flavor: &Flavor) {
     let plain = Setup {
         flavor: flavor.clone(),
         control: None,
+        inbox_folder,
     };
     let default_layout =
         Dovecot::start_with(&plain, &fx.dir.join("dovecot-plain"), &copy, &[ALICE]);
@@ -200,7 +220,9 @@ fn restore_into_control_tree(from: &Path, maildir: &Path, ctl: &Path) {
             }
         }
     }
-    std::fs::rename(maildir.join("subscriptions"), ctl.join("subscriptions")).unwrap();
+    if maildir.join("subscriptions").exists() {
+        std::fs::rename(maildir.join("subscriptions"), ctl.join("subscriptions")).unwrap();
+    }
     chown_tree(maildir);
     chown_tree(ctl);
 }

@@ -374,11 +374,12 @@ fn package_installs_with_apt_on_debian_13_and_the_installed_binary_mounts_reads_
     assert!(umount.status.success(), "{}", said(&umount));
     assert!(!sys.mounted(&mnt));
 
-    // Dovecot 2.4 set up with a separate control tree: the installed binary learns it from
+    // Dovecot 2.4 set up as Debian 13's example has it (homes from mail_home, INBOX in
+    // Maildir/.INBOX), with a separate control tree: the installed binary learns the tree from
     // Debian 13's own doveconf, locks there and serves the tree's uidlist in the mailbox.
     let store = sys.dir.join("vmail");
     let ctl = sys.dir.join("control");
-    let bob = store.join("example.org/bob/Maildir");
+    let bob = store.join("example.org/bob/Maildir/.INBOX");
     for d in ["cur", "new", "tmp"] {
         std::fs::create_dir_all(bob.join(d)).unwrap();
     }
@@ -388,7 +389,9 @@ fn package_installs_with_apt_on_debian_13_and_the_installed_binary_mounts_reads_
     std::fs::write(bob.join("dovecot-uidlist"), "3 V1 N1\n").unwrap();
     let local = format!(
         "mail_driver = maildir\n\
-         mail_path = {}/%{{user | domain}}/%{{user | username}}/Maildir\n\
+         mail_home = {}/%{{user | domain}}/%{{user | username}}\n\
+         mail_path = ~/Maildir\n\
+         mail_inbox_path = ~/Maildir/.INBOX\n\
          mail_control_path = {}/%{{user | domain}}/%{{user | username}}\n",
         store.display(),
         ctl.display()
@@ -412,7 +415,7 @@ fn package_installs_with_apt_on_debian_13_and_the_installed_binary_mounts_reads_
     );
     let cat = sys
         .chroot("cat")
-        .arg(mnt.join("example.org/bob/Maildir/dovecot-uidlist"))
+        .arg(mnt.join("example.org/bob/Maildir/.INBOX/dovecot-uidlist"))
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&cat.stdout), in_tree);

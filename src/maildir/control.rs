@@ -256,6 +256,8 @@ pub fn mailbox_dir(below_account: &Path) -> PathBuf {
 pub struct Learned {
     /// Where Dovecot keeps the mail (`maildir:` location or `mail_path`), unexpanded.
     pub mail_path: String,
+    /// `mail_home`, where set: what a home-relative mail path (`~/Maildir`) is relative to.
+    pub mail_home: Option<String>,
     /// Its control template, if one is set.
     pub control: Option<String>,
 }
@@ -273,6 +275,7 @@ pub fn from_doveconf() -> Option<Learned> {
             "mail_driver",
             "mail_path",
             "mail_control_path",
+            "mail_home",
         ])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -303,14 +306,19 @@ pub fn parse_doveconf(text: &str) -> Option<Learned> {
             }
         }
     }
+    let mail_home = get
+        .get("mail_home")
+        .filter(|h| !h.is_empty())
+        .map(|h| h.to_string());
     if let Some(location) = get.get("mail_location").filter(|l| !l.is_empty()) {
-        return parse_location(location);
+        return parse_location(location).map(|l| Learned { mail_home, ..l });
     }
     if get.get("mail_driver").copied() != Some("maildir") {
         return None;
     }
     Some(Learned {
         mail_path: get.get("mail_path")?.to_string(),
+        mail_home,
         control: get
             .get("mail_control_path")
             .filter(|c| !c.is_empty())
@@ -340,21 +348,35 @@ pub fn parse_location(location: &str) -> Option<Learned> {
     let mut fields = fields.into_iter();
     let mail_path = fields.next()?;
     let control = fields.find_map(|f| f.strip_prefix("CONTROL=").map(str::to_owned));
-    Some(Learned { mail_path, control })
+    Some(Learned {
+        mail_path,
+        mail_home: None,
+        control,
+    })
 }
 
 impl Learned {
     /// Whether this configuration's control template can be taken for SOURCE: an absolute
-    /// mail path must, up to its first variable, lie in SOURCE or SOURCE in it (a copy of the
-    /// store elsewhere must not have the live control tree's files served as its own); a
-    /// home-relative one (`~/Maildir`) cannot be told apart without the userdb, so only a
-    /// home-relative control template, which follows the tree, is taken with it.
+    /// mail path (or a home-relative one under an absolute `mail_home`) must, up to its first
+    /// variable, lie in SOURCE or SOURCE in it (a copy of the store elsewhere must not have
+    /// the live control tree's files served as its own). Homes from the userdb cannot be told
+    /// without it, so with a home-relative mail path and no `mail_home`, only a home-relative
+    /// control template, which follows the tree, is taken.
     pub fn describes(&self, source: &Path) -> bool {
-        let home = |p: &str| p.starts_with('~') || p.starts_with("%h") || p.starts_with("%{home}");
-        let path = self.mail_path.as_str();
-        if home(path) {
-            return self.control.as_deref().is_some_and(home);
+        let home = |p: &str| -> Option<String> {
+            ["~", "%h", "%{home}"]
+                .iter()
+                .find_map(|h| p.strip_prefix(h))
+                .map(str::to_owned)
+        };
+        let mut path = self.mail_path.clone();
+        if let Some(rest) = home(&path) {
+            match self.mail_home.as_deref().filter(|h| h.starts_with('/')) {
+                Some(h) => path = format!("{h}{rest}"),
+                None => return self.control.as_deref().and_then(home).is_some(),
+            }
         }
+        let path = path.as_str();
         let fixed = path.find('%').map_or(path, |i| &path[..i]);
         let fixed = Path::new(fixed.rsplit_once('/').map_or(fixed, |(a, _)| a));
         !fixed.as_os_str().is_empty() && (source.starts_with(fixed) || fixed.starts_with(source))
@@ -493,5 +515,14 @@ mod tests {
         assert!(home.describes(Path::new("/anywhere")));
         let fixed = parse_location("maildir:~/Maildir:CONTROL=/c/%u").unwrap();
         assert!(!fixed.describes(Path::new("/var/vmail")));
+        // 2.4 as Debian 13's example has it: homes from mail_home, mail under ~/Maildir.
+        let v24 = parse_doveconf(
+            "mail_driver = maildir\nmail_path = ~/Maildir\n\
+             mail_home = /var/vmail/%{user | domain}/%{user | username}\n\
+             mail_control_path = /var/vmail/control/%{user | domain}/%{user | username}\n",
+        )
+        .unwrap();
+        assert!(v24.describes(Path::new("/var/vmail")));
+        assert!(!v24.describes(Path::new("/srv/copy")));
     }
 }

@@ -28,6 +28,7 @@ pub fn churn_setup(fx: &Fixture, n: usize) -> (Arc<Dovecot>, Arc<Mutex<Journal>>
     let setup = Setup {
         flavor: Flavor::Host23,
         control: None,
+        inbox_folder: false,
     };
     churn_setup_with(&setup, fx, n)
 }

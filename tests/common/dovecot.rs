@@ -57,7 +57,7 @@ impl Flavor {
 
     /// The config for a Dovecot in `dir` whose users are in `dir/passwd`, with the control
     /// files in the Maildir or under `control` (a template in Dovecot 2.3's `%d`/`%n`).
-    fn config(&self, dir: &Path, control: Option<&str>) -> String {
+    fn config(&self, dir: &Path, control: Option<&str>, inbox_folder: bool) -> String {
         let d = dir.display();
         let common = format!(
             "protocols =\n\
@@ -74,15 +74,25 @@ impl Flavor {
         match self {
             Flavor::Host23 => {
                 let control = control.map_or(String::new(), |c| format!(":CONTROL={c}"));
+                let inbox_location = if inbox_folder {
+                    ":INBOX=~/Maildir/.INBOX"
+                } else {
+                    ""
+                };
                 format!(
                     "{common}\
-                     mail_location = maildir:~/Maildir{control}\n\
+                     mail_location = maildir:~/Maildir{inbox_location}{control}\n\
                      passdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
                      userdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
                      {inbox}"
                 )
             }
             Flavor::Debian13_24(_) => {
+                let inbox_path = if inbox_folder {
+                    "mail_inbox_path = ~/Maildir/.INBOX\n"
+                } else {
+                    ""
+                };
                 let control = control.map_or(String::new(), |c| {
                     format!(
                         "mail_control_path = {}\n",
@@ -96,6 +106,7 @@ impl Flavor {
                      {common}\
                      mail_driver = maildir\n\
                      mail_path = ~/Maildir\n\
+                     {inbox_path}\
                      {control}\
                      passdb passwd-file {{\n  passwd_file_path = {d}/passwd\n}}\n\
                      userdb passwd-file {{\n  passwd_file_path = {d}/passwd\n}}\n\
@@ -113,6 +124,9 @@ pub struct Setup<'a> {
     /// A separate control tree, as a template with `%d` (the domain) and `%n` (the user name
     /// without it), e.g. `/tmp/x/control/%d/%n`; `None`: the control files are in the Maildir.
     pub control: Option<&'a str>,
+    /// INBOX in a Maildir++ folder of its own, `Maildir/.INBOX` (2.3 `INBOX=`, 2.4
+    /// `mail_inbox_path`, Debian 13's example), instead of the Maildir's root.
+    pub inbox_folder: bool,
 }
 
 pub struct Dovecot {
@@ -181,6 +195,7 @@ impl Dovecot {
         let setup = Setup {
             flavor: Flavor::Host23,
             control: None,
+            inbox_folder: false,
         };
         Self::start_with(&setup, dir, homes, users)
     }
@@ -216,7 +231,11 @@ impl Dovecot {
             ));
         }
         std::fs::write(dir.join("passwd"), passwd).unwrap();
-        std::fs::write(&dc.conf, dc.flavor.config(dir, setup.control)).unwrap();
+        std::fs::write(
+            &dc.conf,
+            dc.flavor.config(dir, setup.control, setup.inbox_folder),
+        )
+        .unwrap();
         // The master daemonizes and keeps its stdio: give it none of ours, or a reader of our
         // pipes would wait for it forever.
         let status = dc
