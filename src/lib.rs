@@ -37,7 +37,6 @@ pub mod daemon;
 pub mod error;
 pub mod freeze;
 pub mod fs;
-pub mod json;
 pub mod lock;
 pub mod logging;
 pub mod maildir;

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         }
         Cmd::Verify { path, json } => maildirfs::verify::verify(&path).map(|v| {
             if json {
-                println!("{}", v.to_value().to_json_pretty());
+                println!("{}", v.to_json());
             } else {
                 print!("{}", v.to_text());
             }

@@ -203,7 +203,12 @@ impl Captured {
             unlocked: self
                 .accounts
                 .iter()
-                .filter_map(|a| Some((display_rel(&a.root), a.unlocked.clone()?)))
+                .filter_map(|a| {
+                    Some(crate::report::Unlocked {
+                        account: display_rel(&a.root),
+                        why: a.unlocked.clone()?,
+                    })
+                })
                 .collect(),
             longest_lock_hold_ms: longest.map_or(0, |a| a.lock_hold.as_millis() as u64),
             longest_lock_hold_account: longest.map(|a| display_rel(&a.root)).unwrap_or_default(),
@@ -232,6 +237,7 @@ impl Captured {
                     ..AccountHold::default()
                 }))
                 .collect(),
+            ..MountReport::default()
         }
     }
 }
@@ -1152,10 +1158,10 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
     };
     let state = Arc::new(Mutex::new(state));
     if let Some(s) = state.lock().as_mut() {
-        s.write(&report.to_fields())?;
+        s.write(&report.to_state())?;
     }
     if let Some(path) = &opts.summary_json {
-        write_atomically(path, report.to_value().to_json_pretty() + "\n")
+        write_atomically(path, report.to_json() + "\n")
             .map_err(|e| Error::io("cannot write summary", path, e))?;
     }
     crate::logging::notice(&summary);
@@ -1186,7 +1192,7 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
                     if live != report.live {
                         report.live = live;
                         if let Some(s) = state.lock().as_mut() {
-                            let _ = s.write(&report.to_fields());
+                            let _ = s.write(&report.to_state());
                         }
                     }
                 }
@@ -1212,15 +1218,17 @@ fn serve(opts: &MountOptions, checked: Checked, notifier: &mut Notifier) -> Resu
             report.longest_lock_hold_ms = h.lock_hold_us / 1000;
             report.longest_lock_hold_account = h.account.clone();
         }
-        if let Err(e) = write_atomically(path, report.to_value().to_json_pretty() + "\n") {
+        if let Err(e) = write_atomically(path, report.to_json() + "\n") {
             log::warn!("cannot write summary {}: {e}", escape_path(path));
         }
     }
     crate::logging::notice(&final_line);
     if let Some(mut s) = state.lock().take() {
-        let mut fields = report.to_fields();
-        fields.push(("final", final_line));
-        let _ = s.write(&fields);
+        let closing = MountReport {
+            final_line: Some(final_line),
+            ..report.clone()
+        };
+        let _ = s.write(&closing.to_state());
         s.remove();
     }
     result.map_err(|e| Error::io("serving failed", &checked.mountpoint, e))

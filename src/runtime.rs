@@ -64,15 +64,8 @@ impl StateFile {
         Ok(StateFile { file, path })
     }
 
-    /// Replaces the content with `key=value` lines.
-    pub fn write(&mut self, fields: &[(&str, String)]) -> Result<()> {
-        let mut text = String::new();
-        for (k, v) in fields {
-            text.push_str(k);
-            text.push('=');
-            text.push_str(&v.replace('\n', " "));
-            text.push('\n');
-        }
+    /// Replaces the content with `text` (the report, one line of JSON).
+    pub fn write(&mut self, text: &str) -> Result<()> {
         // Written over the old content, then cut to length: a reader never finds the file
         // empty, and `read_state` reads until two reads agree.
         let res = self
@@ -100,9 +93,9 @@ impl StateFile {
     }
 }
 
-/// Reads a state file's fields. The server rewrites the file in place while it serves, so it
+/// Reads a state file's content. The server rewrites the file in place while it serves, so it
 /// is read until two reads in a row agree.
-pub fn read_fields(file: &mut File) -> Vec<(String, String)> {
+pub fn read_state(file: &mut File) -> String {
     let mut read = || {
         let mut text = String::new();
         let _ = file.rewind();
@@ -117,10 +110,7 @@ pub fn read_fields(file: &mut File) -> Vec<(String, String)> {
         }
         text = again;
     }
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    text
 }
 
 /// The state files of device number `devno`: the live server's (locked by it), if any, and
@@ -165,18 +155,9 @@ pub fn find_state(devno: &str, mountpoint: &Path) -> (Option<(File, PathBuf)>, V
         let mut ranked: Vec<(bool, u64, (File, PathBuf))> = live
             .into_iter()
             .map(|(mut f, p)| {
-                let fields = read_fields(&mut f);
-                let field = |k: &str| {
-                    fields
-                        .iter()
-                        .find(|(key, _)| key == k)
-                        .map(|(_, v)| v.clone())
-                };
-                let serves = field("mountpoint").is_some_and(|m| m == shown);
-                let started = field("pid")
-                    .and_then(|p| p.parse::<u32>().ok())
-                    .and_then(process_start)
-                    .unwrap_or(0);
+                let report = crate::report::MountReport::from_state(&read_state(&mut f));
+                let serves = report.as_ref().is_some_and(|r| r.mountpoint == shown);
+                let started = report.and_then(|r| process_start(r.pid)).unwrap_or(0);
                 (serves, started, (f, p))
             })
             .collect();

@@ -5,12 +5,13 @@
 use std::path::Path;
 
 use crate::error::{Error, Result, escape_path};
-use crate::json::Value;
 use crate::report::MountReport;
 use crate::runtime;
 
-/// One mounted view.
-#[derive(Debug, Clone)]
+/// One mounted view; in JSON, its report with `"state": "serving"` first, or its mount point
+/// and source with `"state": "dead"`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
 pub enum View {
     /// Its server runs; this is its report.
     Serving(Box<MountReport>),
@@ -19,23 +20,6 @@ pub enum View {
 }
 
 impl View {
-    pub fn to_value(&self) -> Value {
-        match self {
-            View::Serving(r) => {
-                let Value::Object(mut pairs) = r.to_value() else {
-                    unreachable!("a report is an object")
-                };
-                pairs.insert(0, ("state".to_owned(), "serving".into()));
-                Value::Object(pairs)
-            }
-            View::Dead { mountpoint, source } => Value::object([
-                ("state", Value::from("dead")),
-                ("mountpoint", mountpoint.as_str().into()),
-                ("source", source.as_str().into()),
-            ]),
-        }
-    }
-
     pub fn to_text(&self) -> String {
         match self {
             View::Serving(r) => r.to_text(),
@@ -82,8 +66,21 @@ pub fn status(mountpoint: Option<&Path>) -> Result<Vec<View>> {
         let (live, _stale) = runtime::find_state(&m.devno, &m.mountpoint);
         out.push(match live {
             Some((mut file, _)) => {
-                let fields = runtime::read_fields(&mut file);
-                View::Serving(Box::new(MountReport::from_fields(&fields)))
+                let text = runtime::read_state(&mut file);
+                View::Serving(Box::new(MountReport::from_state(&text).unwrap_or_else(
+                    || {
+                        // A server of another maildirfs version: what can be said without it.
+                        MountReport {
+                            mountpoint: escape_path(&m.mountpoint),
+                            source: m.source.clone(),
+                            summary:
+                                "state file of another maildirfs version: restart the view to \
+                                  see its counters"
+                                    .to_owned(),
+                            ..MountReport::default()
+                        }
+                    },
+                )))
             }
             None => View::Dead {
                 mountpoint: escape_path(&m.mountpoint),
@@ -94,11 +91,7 @@ pub fn status(mountpoint: Option<&Path>) -> Result<Vec<View>> {
     Ok(out)
 }
 
-/// The JSON document `status --json` prints.
+/// The JSON document `status --json` prints: `{"mounts": [...]}`.
 pub fn to_json(views: &[View]) -> String {
-    Value::object([(
-        "mounts",
-        Value::Array(views.iter().map(View::to_value).collect()),
-    )])
-    .to_json_pretty()
+    serde_json::to_string_pretty(&serde_json::json!({ "mounts": views })).unwrap_or_default()
 }

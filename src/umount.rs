@@ -62,18 +62,10 @@ pub fn umount(mountpoint: &Path) -> Result<Closing> {
             }
         }
     }
-    let fields = runtime::read_fields(&mut file);
-    let value = |key: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    };
+    let report = crate::report::MountReport::from_state(&runtime::read_state(&mut file));
     Ok(Closing {
-        line: value("final"),
-        failed_accounts: value("accounts_failed")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+        line: report.as_ref().and_then(|r| r.final_line.clone()),
+        failed_accounts: report.map_or(0, |r| r.live.view.failed),
     })
 }
 

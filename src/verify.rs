@@ -18,7 +18,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result, escape_bytes, escape_path};
-use crate::json::Value;
 use crate::maildir::filename::{self, base_name};
 use crate::maildir::names::{self, Place};
 use crate::maildir::uidlist::parse_uidlist;
@@ -29,7 +28,7 @@ use crate::sys;
 const EXAMPLES: usize = 3;
 
 /// One thing found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
     /// Relative to PATH, escaped.
     pub path: String,
@@ -52,28 +51,18 @@ impl Verified {
         self.problems.is_empty()
     }
 
-    pub fn to_value(&self) -> Value {
-        let list = |v: &[Finding]| {
-            Value::Array(
-                v.iter()
-                    .map(|f| {
-                        Value::object([
-                            ("path", Value::from(f.path.as_str())),
-                            ("what", f.what.as_str().into()),
-                        ])
-                    })
-                    .collect(),
-            )
-        };
-        Value::object([
-            ("path", Value::from(self.path.as_str())),
-            ("clean", self.clean().into()),
-            ("accounts", self.accounts.into()),
-            ("mailboxes", self.mailboxes.into()),
-            ("messages", self.messages.into()),
-            ("problems", list(&self.problems)),
-            ("notes", list(&self.notes)),
-        ])
+    /// What `verify --json` prints.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "path": self.path,
+            "clean": self.clean(),
+            "accounts": self.accounts,
+            "mailboxes": self.mailboxes,
+            "messages": self.messages,
+            "problems": self.problems,
+            "notes": self.notes,
+        }))
+        .unwrap_or_default()
     }
 
     pub fn to_text(&self) -> String {

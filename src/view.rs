@@ -124,24 +124,34 @@ struct Slot {
     done: AtomicU32,
 }
 
-/// Counters for the summary, `status` and the umount line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters for the summary, `status` and the umount line (their JSON keys are the report's:
+/// see `report.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Counts {
+    #[serde(rename = "view_accounts")]
     pub accounts: u64,
     /// Accounts captured at least once, and more than once (at different instants).
+    #[serde(rename = "accounts_captured")]
     pub captured: u64,
+    #[serde(rename = "accounts_captured_again")]
     pub recaptured: u64,
     /// Accounts never captured.
+    #[serde(rename = "accounts_never_captured")]
     pub never: u64,
     /// Times an account left the working set.
     pub evictions: u64,
     /// Accounts in the working set now.
+    #[serde(rename = "accounts_in_working_set")]
     pub held: u64,
     /// Accounts whose capture failed (unreadable in the view).
+    #[serde(rename = "accounts_failed")]
     pub failed: u64,
     /// Captures made without the account's locks.
+    #[serde(rename = "captures_without_lock")]
     pub unlocked: u64,
     /// Files that could not be captured (listed, opened), over all captures.
+    #[serde(rename = "files_unreadable")]
     pub unreadable: u64,
 }
 
