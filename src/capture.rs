@@ -521,7 +521,7 @@ fn capture_set(
                     prepinned = prepin(dirs, budget, watch);
                 } else {
                     let lock_hold = started.elapsed();
-                    let mailboxes = listed?;
+                    let mailboxes = listed;
                     return Ok(AccountCapture {
                         root: account.root.clone(),
                         pin_time: mailboxes.values().map(|m| m.pin_time).sum(),
@@ -569,7 +569,7 @@ fn capture_set(
             crate::error::escape_path(&where_)
         );
     }
-    let mailboxes = list_all(dirs, source, budget, watch, &mut prepinned)?;
+    let mailboxes = list_all(dirs, source, budget, watch, &mut prepinned);
     stalled(source, account, watch)?;
     Ok(AccountCapture {
         root: account.root.clone(),
@@ -752,7 +752,7 @@ fn list_all(
     budget: &Arc<PinBudget>,
     watch: &Watch,
     prepinned: &mut HashMap<PathBuf, PrePinned>,
-) -> Result<HashMap<PathBuf, MailboxCapture>> {
+) -> HashMap<PathBuf, MailboxCapture> {
     let mut out = HashMap::with_capacity(dirs.len());
     let mut control = ControlBudget::new();
     for dir in dirs {
@@ -776,7 +776,7 @@ fn list_all(
             Err(e) => log::warn!("{e}"),
         }
     }
-    Ok(out)
+    out
 }
 
 fn hold_for_test(hold: Duration, source: &Path, watch: &Watch) -> Result<()> {
@@ -1915,7 +1915,8 @@ mod tests {
         }
         fs::write(t.path().join("cur/1.a:2,S"), "a").unwrap();
         fs::write(t.path().join("new/2.b"), "b").unwrap();
-        // A FIFO among the messages: listed and pinned (O_PATH), then never served.
+        // A FIFO among the messages: listed and pinned (as an `O_PATH` pin: it cannot be
+        // opened for reading without blocking), then never served.
         let made = std::process::Command::new("mkfifo")
             .arg(t.path().join("cur/3.fifo:2,S"))
             .status()

@@ -74,7 +74,8 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     /// Seconds to keep retrying an account's locks before capturing it without them (or
     /// failing, with --strict-lock).
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS",
+          default_value_t = crate::options::DEFAULT_LOCK_TIMEOUT.as_secs())]
     pub lock_timeout: u64,
     /// Seconds one operation may take while an account's locks are held (an open, a read, a
     /// directory listing: milliseconds on a healthy disk) before maildirfs releases that

@@ -2,7 +2,7 @@
 //! released. This is where files are `lstat`ed, symlink targets read, and the rest of the tree
 //! (directories that are not mailboxes, index files, sieve scripts, ...) walked.
 //!
-//! What the image shows (spec 2.2): the same relative paths and byte names as SOURCE; in each
+//! What the image shows (`docs/DESIGN.md`, "What the image hides"): the same relative paths and byte names as SOURCE; in each
 //! mailbox `cur/` and `new/` exactly as listed under the lock, `tmp/` empty, control files as
 //! the bytes read under the lock; lock and temp files hidden; symlinks as symlinks; FIFOs,
 //! sockets and devices left out; other filesystems not entered.

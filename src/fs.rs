@@ -375,11 +375,8 @@ fn entry_at(dir: &At, parent: Ino, pos: u64) -> Option<(Ino, Option<NodeIdx>, &[
 }
 
 fn kind_of(snap: &Snapshot, idx: Option<NodeIdx>) -> FileType {
-    match idx.map(|i| snap.node(i).kind) {
-        None | Some(Kind::Dir { .. }) => FileType::Directory,
-        Some(Kind::File(_)) => FileType::RegularFile,
-        Some(Kind::Symlink(_)) => FileType::Symlink,
-    }
+    // No node: a directory of the skeleton not captured yet.
+    idx.map_or(FileType::Directory, |i| snap.node(i).kind.file_type())
 }
 
 /// Answers a lookup of `name` in directory `dir`.

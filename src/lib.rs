@@ -20,7 +20,8 @@
 //! - `watch.rs`: the stall watchdog's view of a running capture (heartbeat, locks held).
 //! - `freeze.rs`: builds the snapshot after the locks are gone.
 //! - `snapshot.rs`: the immutable image (no I/O).
-//! - `pin.rs`: the `O_PATH` pin budget that keeps captured inodes alive.
+//! - `pin.rs`: the pin budget: one fd per captured file (readable, or `O_PATH` where that is
+//!   refused) keeps its inode alive.
 //! - `view.rs`: the served view: the skeleton, and the working set of accounts captured on
 //!   demand, evicted least recently used first.
 //! - `source.rs`: opening captured files (pinned, or in SOURCE), re-finding renamed messages.

@@ -22,6 +22,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -30,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use crate::maildir::names::UIDLIST_LOCK;
+use crate::maildir::names::{UIDLIST, UIDLIST_LOCK};
 use crate::sys;
 
 /// How often a held lock is touched. Dovecot touches its own every 10 s
@@ -403,7 +404,7 @@ fn override_if_stale(dir: &Arc<OwnedFd>, path: &Path) -> Result<Staleness> {
             // No usable pid: stale when neither the lock nor the file it protects changed for
             // STALE_TIMEOUT.
             let mut last = mtime.max(ctime);
-            if let Ok(u) = sys::lstat_at(dir.as_fd(), OsStr::new("dovecot-uidlist")) {
+            if let Ok(u) = sys::lstat_at(dir.as_fd(), OsStr::from_bytes(UIDLIST)) {
                 last = last
                     .max(time_of(u.st_mtime, u.st_mtime_nsec))
                     .max(time_of(u.st_ctime, u.st_ctime_nsec));

@@ -741,17 +741,24 @@ impl Builder {
     }
 }
 
+impl Kind {
+    /// The one conversion to fuser's file type.
+    pub fn file_type(&self) -> fuser::FileType {
+        match self {
+            Kind::Dir { .. } => fuser::FileType::Directory,
+            Kind::File(_) => fuser::FileType::RegularFile,
+            Kind::Symlink(_) => fuser::FileType::Symlink,
+        }
+    }
+}
+
 impl Snapshot {
     /// The one conversion to fuser's attribute type. `attr.ino` is the node id (fuser uses it
     /// as both the node id of an entry and `st_ino`).
     pub fn file_attr(&self, idx: NodeIdx) -> fuser::FileAttr {
         let n = self.node(idx);
         let a = &n.attr;
-        let kind = match n.kind {
-            Kind::Dir { .. } => fuser::FileType::Directory,
-            Kind::File(_) => fuser::FileType::RegularFile,
-            Kind::Symlink(_) => fuser::FileType::Symlink,
-        };
+        let kind = n.kind.file_type();
         fuser::FileAttr {
             ino: fuser::INodeNo(self.ino_of(idx).0),
             size: a.size,

@@ -353,21 +353,12 @@ const SEARCH_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Reopens a pinned inode for reading, without touching atime where allowed.
 fn reopen(pin: std::os::fd::BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
-    match sys::reopen_pinned(pin, libc::O_RDONLY | libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => sys::reopen_pinned(pin, libc::O_RDONLY),
-        other => other,
-    }
+    sys::read_without_atime(|flags| sys::reopen_pinned(pin, flags))
 }
 
-/// Opens for reading without touching atime where allowed (`O_NOATIME` needs ownership or
-/// root; without it, `EPERM`, and then the open is retried without).
+/// Opens for reading without touching atime where allowed.
 fn open_read(dir: std::os::fd::BorrowedFd<'_>, rel: &OsStr) -> std::io::Result<OwnedFd> {
-    match sys::open_beneath(dir, rel, libc::O_RDONLY | libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            sys::open_beneath(dir, rel, libc::O_RDONLY)
-        }
-        other => other,
-    }
+    sys::read_without_atime(|flags| sys::open_beneath(dir, rel, flags))
 }
 
 /// Reads up to `size` bytes at `offset` of an opened file whose captured length is `len`:

@@ -721,16 +721,26 @@ pub fn syslog(priority: libc::c_int, line: &str) {
 /// is `O_PATH`. Symlinks are never followed.
 pub fn pin_at(dir: BorrowedFd<'_>, name: &OsStr, regular: bool) -> io::Result<OwnedFd> {
     if regular {
-        match openat(
-            dir,
-            name,
-            libc::O_RDONLY | libc::O_NOATIME | libc::O_NONBLOCK,
-        ) {
+        match openat(dir, name, READ_NOATIME | libc::O_NONBLOCK) {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
             other => return other,
         }
     }
     openat(dir, name, libc::O_PATH)
+}
+
+/// Reading without touching atime: `O_NOATIME` needs ownership of the file or root.
+const READ_NOATIME: libc::c_int = libc::O_RDONLY | libc::O_NOATIME;
+
+/// `open(flags)` with [`READ_NOATIME`], and again with plain `O_RDONLY` where `O_NOATIME` is
+/// refused (`EPERM`: neither owner nor root).
+pub fn read_without_atime(
+    mut open: impl FnMut(libc::c_int) -> io::Result<OwnedFd>,
+) -> io::Result<OwnedFd> {
+    match open(READ_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(libc::O_RDONLY),
+        other => other,
+    }
 }
 
 /// Whether `fd` was opened with `O_PATH` (cannot be read).

@@ -261,8 +261,8 @@ impl MailboxCheck<'_> {
     }
 
     fn check_uidlist(&mut self, dir: BorrowedFd<'_>, files: &HashMap<Vec<u8>, (bool, Vec<u8>)>) {
-        let at = self.rel.join("dovecot-uidlist");
-        let bytes = match read_file(dir, b"dovecot-uidlist") {
+        let at = self.rel.join(OsStr::from_bytes(names::UIDLIST));
+        let bytes = match read_file(dir, names::UIDLIST) {
             Ok(Some(b)) => b,
             Ok(None) => {
                 if !files.is_empty() {

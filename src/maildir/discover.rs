@@ -54,8 +54,6 @@ pub struct Account {
 #[derive(Debug, Default)]
 pub struct Discovery {
     pub accounts: Vec<Account>,
-    /// Directories under SOURCE on another filesystem, not entered.
-    pub skipped_mounts: Vec<PathBuf>,
     /// Directories that could not be opened or listed, not searched.
     pub unreadable: Vec<PathBuf>,
 }
@@ -245,7 +243,6 @@ impl Walk<'_> {
                     "not entering {}: another filesystem is mounted there",
                     self.show(rel)
                 );
-                self.out.skipped_mounts.push(rel.to_path_buf());
                 false
             }
             Err(e) => {
