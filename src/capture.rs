@@ -367,7 +367,7 @@ fn capture_account_with(
     // Where a control tree is in use, the locks and control files are there; a place that
     // cannot be found or opened leaves the account without locks (or fails it, strictly).
     let mut cannot_lock = None;
-    let tree = if places.template().is_some() && !policy.no_lock {
+    let tree = if places.template().is_some() {
         match places.open_account(root, source, &account.root) {
             Ok(Some(a)) => Some(a),
             Ok(None) => None,
@@ -794,20 +794,9 @@ fn hold_for_test(hold: Duration, source: &Path, watch: &Watch) -> Result<()> {
 
 /// Reads the control files and lists `new/` and `cur/` of the mailbox open at `dir` (whose
 /// path is `path`), with the listing check, then pins the listed files. Called under the
-/// mailbox's lock where there is one. Control files are held in memory within `control`
-/// (the account's); `watch` is beaten after each operation.
+/// mailbox's lock where there is one. Control files are read where `at` says and held in
+/// memory within `control` (the account's); `watch` is beaten after each operation.
 pub fn capture_mailbox(
-    dir: BorrowedFd<'_>,
-    path: &Path,
-    budget: &Arc<PinBudget>,
-    control: &mut ControlBudget,
-    watch: &Watch,
-) -> Result<MailboxCapture> {
-    capture_mailbox_at(dir, path, &ControlAt::Mailbox, budget, control, watch)
-}
-
-/// [`capture_mailbox`], with its control files at `at`.
-pub fn capture_mailbox_at(
     dir: BorrowedFd<'_>,
     path: &Path,
     at: &ControlAt,
@@ -1752,6 +1741,7 @@ mod tests {
         let m = capture_mailbox(
             fd.as_fd(),
             t.path(),
+            &ControlAt::Mailbox,
             &PinBudget::fixed(1),
             &mut ControlBudget::new(),
             &Watch::new(Path::new("")),
@@ -1927,6 +1917,7 @@ mod tests {
         let m = capture_mailbox(
             fd.as_fd(),
             t.path(),
+            &ControlAt::Mailbox,
             &budget,
             &mut ControlBudget::new(),
             &Watch::new(Path::new("")),

@@ -58,20 +58,9 @@ impl ControlPlaces {
         let base = match template.base() {
             None => None,
             Some(path) => {
-                let file = std::fs::File::open(&path)
+                let fd = sys::open_admin_dir(&path)
                     .map_err(|e| Error::io("cannot open control directory", &path, e))?;
-                let is_dir = file
-                    .metadata()
-                    .map_err(|e| Error::io("cannot open control directory", &path, e))?
-                    .is_dir();
-                if !is_dir {
-                    return Err(Error::msg(
-                        "cannot use control directory",
-                        &path,
-                        "not a directory",
-                    ));
-                }
-                Some((path, OwnedFd::from(file)))
+                Some((path, fd))
             }
         };
         Ok(ControlPlaces {

@@ -26,7 +26,7 @@ use crate::capture::{
 };
 use crate::error::{Error, Result, escape_path};
 use crate::maildir::discover::{
-    MAX_DEPTH, child_depth, entry_is_dir, holds_inbox_folder, is_account_root, is_mailbox,
+    MAX_DEPTH, child_depth, entry_is_dir, is_account_root, is_mailbox, lists_inbox_folder,
 };
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
@@ -495,14 +495,7 @@ impl<'a> Freezer<'a> {
         // that way down: its subdirectories that are shown or lead to shown ones.
         let only_the_way = self.selection.visibility(&p.rel) == Visibility::Ancestor;
         let mut mailbox = !only_the_way && is_mailbox(dir, &entries);
-        if self.find_accounts
-            && !only_the_way
-            && (mailbox
-                || (entries
-                    .iter()
-                    .any(|e| e.name == crate::maildir::discover::INBOX_FOLDER)
-                    && holds_inbox_folder(dir)))
-        {
+        if self.find_accounts && !only_the_way && (mailbox || lists_inbox_folder(dir, &entries)) {
             // Made an account's root since the look above (or not looked at): one all the
             // same.
             return Ok(self.found_account(&p));
@@ -520,7 +513,7 @@ impl<'a> Freezer<'a> {
             } else {
                 capture::ControlAt::Mailbox
             };
-            let captured = capture::capture_mailbox_at(
+            let captured = capture::capture_mailbox(
                 dir,
                 &self.source.join(&p.rel),
                 &at,
@@ -574,20 +567,18 @@ impl<'a> Freezer<'a> {
                     let i = m.control.iter().position(|c| c.name == name)?;
                     Some(m.control.swap_remove(i))
                 });
-                if !elsewhere {
-                    // Served as captured under the lock; one that appeared later, or that the
-                    // capture left out, is not in the image.
-                    if let Some(c) = captured {
-                        children.push(self.control_node(c, false));
-                    }
-                    continue;
-                }
-                // A control tree is in use: what Dovecot keeps there is served as captured
-                // there (below); a copy in the Maildir is one Dovecot never reads.
+                // Served as captured under the lock (in a control tree, where one is in use).
                 if let Some(c) = captured {
-                    children.push(self.control_node(c, true));
+                    children.push(self.control_node(c, elsewhere));
                     continue;
                 }
+                if !elsewhere {
+                    // One that appeared later, or that the capture left out, is not in the
+                    // image.
+                    continue;
+                }
+                // A control tree is in use: a copy in the Maildir of what Dovecot keeps there
+                // is one it never reads.
                 if names::TREE_FILES.contains(&name.as_slice()) {
                     let rel = p.rel.join(OsStr::from_bytes(&name));
                     log::info!(

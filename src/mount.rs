@@ -152,10 +152,11 @@ fn control_places(
         ControlDir::InMaildir => Ok((ControlPlaces::in_maildir(), None)),
         ControlDir::Tree(t) => Ok((ControlPlaces::tree(t.clone())?, Some(t.as_str().to_owned()))),
         ControlDir::Learn => {
-            let Some(learned) = control::from_doveconf() else {
-                return Ok((ControlPlaces::in_maildir(), None));
-            };
-            let Some(text) = learned.control.as_deref() else {
+            let learned = control::from_doveconf();
+            let Some((learned, text)) = learned
+                .as_ref()
+                .and_then(|l| Some((l, l.control.as_deref()?)))
+            else {
                 return Ok((ControlPlaces::in_maildir(), None));
             };
             if !learned.describes(source) {

@@ -68,6 +68,18 @@ pub fn open_untrusted(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(OwnedFd,
     Ok((fd, st))
 }
 
+/// Opens a directory an admin named (SOURCE of `verify`, a control tree's fixed part):
+/// symlinks in the admin's own path are followed, as a shell would; everything below it is
+/// opened relative to this fd without following any. `ENOTDIR` for anything but a directory.
+pub fn open_admin_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.is_dir() {
+        Ok(OwnedFd::from(file))
+    } else {
+        Err(io::Error::from_raw_os_error(libc::ENOTDIR))
+    }
+}
+
 /// Opens a directory component relative to `dir` without following a symlink.
 pub fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY)

@@ -88,16 +88,7 @@ impl Verified {
 
 /// Verifies the tree at `path`.
 pub fn verify(path: &Path) -> Result<Verified> {
-    // The admin's own path may be a symlink; below it nothing is followed.
-    let root = std::fs::File::open(path)
-        .and_then(|f| {
-            if f.metadata()?.is_dir() {
-                Ok(OwnedFd::from(f))
-            } else {
-                Err(std::io::Error::from_raw_os_error(libc::ENOTDIR))
-            }
-        })
-        .map_err(|e| Error::io("cannot open", path, e))?;
+    let root = sys::open_admin_dir(path).map_err(|e| Error::io("cannot open", path, e))?;
     let found = crate::maildir::discover(root.as_fd(), path, false, &Selection::default())?;
     let mut v = Verified {
         path: escape_path(path),

@@ -86,6 +86,10 @@ fn serves_the_control_trees_files_in_each_mailbox() {
     let m = Mounted::new(&fx, &["-o", &format!("control_dir={t}")]);
     assert_served_from_tree(&m.mnt);
     m.umount();
+    // Without locks, the control files still come from the tree.
+    let m = Mounted::new(&fx, &["--no-lock", "--control-dir", &t]);
+    assert_served_from_tree(&m.mnt);
+    m.umount();
     assert!(common::lock_files(&fx.dir).is_empty());
 }
 

@@ -44,19 +44,6 @@ fn start(flavor: &Flavor, fx: &Fixture, users: &[&str]) -> Dovecot {
     Dovecot::start_with(&setup, &fx.dir.join("dovecot"), &fx.src(), users)
 }
 
-/// Dovecot's log must show no override of our locks and no lock timeout.
-fn assert_clean_log(dc: &Dovecot) {
-    let log = dc.log();
-    for bad in [
-        "overrid",
-        "Timeout while waiting for lock",
-        "Panic",
-        "Fatal",
-    ] {
-        assert!(!log.contains(bad), "dovecot log has {bad:?}:\n{log}");
-    }
-}
-
 fn dovecot_waits_for_our_locks_and_deliveries_do_not(flavor: &Flavor) {
     let _s = serial();
     let fx = Fixture::new("dc-wait");
@@ -159,7 +146,7 @@ fn dovecot_waits_for_our_locks_and_deliveries_do_not(flavor: &Flavor) {
         .collect();
     assert!(ids.contains("during@hold"), "{ids:?}");
     m.umount();
-    assert_clean_log(&dc);
+    dc.assert_clean_log();
 }
 
 /// Dovecot holds INBOX's uidlist lock while it renames every message for a flag. Caught
@@ -268,7 +255,7 @@ fn maildirfs_waits_for_dovecots_lock(flavor: &Flavor) {
         "the image caught a flag change half done: {flagged} of {N} flagged"
     );
     m.umount();
-    assert_clean_log(&dc);
+    dc.assert_clean_log();
 }
 
 #[test]
@@ -410,7 +397,7 @@ fn cross_folder_move_never_loses_a_message_from_the_image(flavor: &Flavor) {
         });
         capture_while_moving(&fx, &root, &all, &stop, &moves);
     });
-    assert_clean_log(&dc);
+    dc.assert_clean_log();
 }
 
 /// The captures of [`cross_folder_move_never_loses_a_message_from_the_image`], while the
@@ -538,7 +525,7 @@ fn churn_loses_no_message(flavor: &Flavor) {
     assert_eq!(report.incomplete, 0, "a message copied with other bytes");
     assert_eq!(report.stray, 0, "tmp/ content or lock files in a copy");
     assert_eq!(report.copy_errors, 0, "rsync of the view failed");
-    assert_clean_log(&dc);
+    dc.assert_clean_log();
 }
 
 fn restore_from_an_image_keeps_uids_flags_and_guids(flavor: &Flavor) {
@@ -610,5 +597,5 @@ fn restore_from_an_image_keeps_uids_flags_and_guids(flavor: &Flavor) {
     let restored = dc.state("restored");
     assert_eq!(restored.0, at_capture.0, "mailbox status differs");
     assert_eq!(restored.1, at_capture.1, "messages differ");
-    assert_clean_log(&dc);
+    dc.assert_clean_log();
 }

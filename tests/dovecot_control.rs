@@ -9,7 +9,6 @@ mod common;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -86,23 +85,12 @@ fn scenario(flavor: &Flavor, inbox_folder: bool) {
 
     // Dovecot waits for our lock in the control tree while the capture holds it.
     let lock = ctl.join(".INBOX/dovecot-uidlist.lock");
-    let mount = {
-        let (src, mnt, t) = (fx.src(), fx.mnt(), template.clone());
-        std::thread::spawn(move || {
-            Command::new(bin())
-                .args([OsStr::new("mount"), OsStr::new("--control-dir"), t.as_ref()])
-                .args([src.as_os_str(), mnt.as_os_str()])
-                .env("MAILDIRFS_TEST_HOLD_MS", "3000")
-                .stdin(Stdio::null())
-                .output()
-                .unwrap()
-        })
-    };
-    assert!(
-        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&lock)
-            .is_ok_and(|c| !c.is_empty())),
-        "no lock taken in the control tree"
+    let mount = spawn_mount(
+        &fx,
+        &["--control-dir", &template],
+        &[("MAILDIRFS_TEST_HOLD_MS", "3000")],
     );
+    wait_for_lock(&lock);
     assert!(!maildir.join("dovecot-uidlist.lock").exists());
     let mut flags = dc.doveadm_spawn(&[
         "flags",
@@ -120,7 +108,7 @@ fn scenario(flavor: &Flavor, inbox_folder: bool) {
         flags.try_wait().unwrap().is_none(),
         "doveadm flags did not wait for the lock in the control tree"
     );
-    let out = mount.join().unwrap();
+    let out = mount.wait_with_output().unwrap();
     let m = Mounted::adopt(fx.mnt());
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
@@ -181,17 +169,7 @@ fn scenario(flavor: &Flavor, inbox_folder: bool) {
     drop(default_layout);
     dc.doveadm_ok(&["force-resync", "-u", RESTORED, "*"]);
     assert_eq!(dc.state(RESTORED), at_capture);
-    for d in [&dc] {
-        let log = d.log();
-        for bad in [
-            "overrid",
-            "Timeout while waiting for lock",
-            "Panic",
-            "Fatal",
-        ] {
-            assert!(!log.contains(bad), "dovecot log has {bad:?}:\n{log}");
-        }
-    }
+    dc.assert_clean_log();
 }
 
 /// Copies the Maildir `from` (a view or a backup of one) to `maildir` of a store whose

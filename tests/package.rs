@@ -328,13 +328,19 @@ fn package_installs_with_apt_on_debian_13_and_the_installed_binary_mounts_reads_
     }
     std::fs::write(mailbox.join("dovecot-uidlist"), &uidlist).unwrap();
 
-    let mount = sys
-        .chroot("maildirfs")
-        .arg("mount")
-        .arg(&src)
-        .arg(&mnt)
-        .output()
-        .unwrap();
+    // A program of the installed system, run there.
+    let run = |argv: &[&std::ffi::OsStr]| {
+        sys.chroot(&argv[0].to_string_lossy())
+            .args(&argv[1..])
+            .output()
+            .unwrap()
+    };
+    let mount = run(&[
+        "maildirfs".as_ref(),
+        "mount".as_ref(),
+        src.as_os_str(),
+        mnt.as_os_str(),
+    ]);
     assert!(mount.status.success(), "{}", said(&mount));
     assert!(sys.mounted(&mnt), "{}", said(&mount));
     let find = sys
@@ -354,23 +360,17 @@ fn package_installs_with_apt_on_debian_13_and_the_installed_binary_mounts_reads_
     want.sort();
     assert_eq!(files, want);
     for (rel, body) in &bodies {
-        let cat = sys.chroot("cat").arg(mnt.join(rel)).output().unwrap();
+        let cat = run(&["cat".as_ref(), mnt.join(rel).as_os_str()]);
         assert!(cat.status.success(), "{}", said(&cat));
         assert_eq!(String::from_utf8_lossy(&cat.stdout), *body);
     }
-    let cat = sys
-        .chroot("cat")
-        .arg(mnt.join("alice/Maildir/dovecot-uidlist"))
-        .output()
-        .unwrap();
+    let cat = run(&[
+        "cat".as_ref(),
+        mnt.join("alice/Maildir/dovecot-uidlist").as_os_str(),
+    ]);
     assert_eq!(String::from_utf8_lossy(&cat.stdout), uidlist);
 
-    let umount = sys
-        .chroot("maildirfs")
-        .arg("umount")
-        .arg(&mnt)
-        .output()
-        .unwrap();
+    let umount = run(&["maildirfs".as_ref(), "umount".as_ref(), mnt.as_os_str()]);
     assert!(umount.status.success(), "{}", said(&umount));
     assert!(!sys.mounted(&mnt));
 
@@ -400,31 +400,25 @@ fn package_installs_with_apt_on_debian_13_and_the_installed_binary_mounts_reads_
         "printf '%s' '{local}' > /etc/dovecot/local.conf && doveconf mail_control_path"
     ));
     assert!(write.status.success(), "{}", said(&write));
-    let mount = sys
-        .chroot("maildirfs")
-        .arg("mount")
-        .arg(&store)
-        .arg(&mnt)
-        .output()
-        .unwrap();
+    let mount = run(&[
+        "maildirfs".as_ref(),
+        "mount".as_ref(),
+        store.as_os_str(),
+        mnt.as_os_str(),
+    ]);
     assert!(mount.status.success(), "{}", said(&mount));
     assert!(
         said(&mount).contains("/control/%{user | domain}/%{user | username} (from doveconf)"),
         "{}",
         said(&mount)
     );
-    let cat = sys
-        .chroot("cat")
-        .arg(mnt.join("example.org/bob/Maildir/.INBOX/dovecot-uidlist"))
-        .output()
-        .unwrap();
+    let cat = run(&[
+        "cat".as_ref(),
+        mnt.join("example.org/bob/Maildir/.INBOX/dovecot-uidlist")
+            .as_os_str(),
+    ]);
     assert_eq!(String::from_utf8_lossy(&cat.stdout), in_tree);
-    let umount = sys
-        .chroot("maildirfs")
-        .arg("umount")
-        .arg(&mnt)
-        .output()
-        .unwrap();
+    let umount = run(&["maildirfs".as_ref(), "umount".as_ref(), mnt.as_os_str()]);
     assert!(umount.status.success(), "{}", said(&umount));
     assert!(!sys.mounted(&mnt));
 }

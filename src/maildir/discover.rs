@@ -176,13 +176,8 @@ impl Walk<'_> {
         // A directory only on the way to selected ones is searched but is no mailbox itself.
         let shown = self.selection.visibility(&rel) == Visibility::Shown;
         let mailbox = shown && is_mailbox(dir, &entries);
-        let inbox_root = shown
-            && !mailbox
-            && account.is_none()
-            && entries
-                .iter()
-                .any(|e| e.name == INBOX_FOLDER && entry_is_dir(dir, e))
-            && holds_inbox_folder(dir);
+        let inbox_root =
+            shown && !mailbox && account.is_none() && lists_inbox_folder(dir, &entries);
         let below = child_depth(depth, (mailbox || inbox_root) && account.is_none());
         let account = if mailbox || inbox_root {
             let idx = account.unwrap_or_else(|| {
@@ -288,6 +283,15 @@ pub fn holds_inbox_folder(dir: BorrowedFd<'_>) -> bool {
         libc::O_PATH | libc::O_DIRECTORY,
     )
     .is_ok_and(|inbox| has_mailbox_dirs(inbox.as_fd()))
+}
+
+/// [`holds_inbox_folder`] of a directory listed as `entries`: only looked for where the listing
+/// has a `.INBOX` directory.
+pub fn lists_inbox_folder(dir: BorrowedFd<'_>, entries: &[sys::DirEntry]) -> bool {
+    entries
+        .iter()
+        .any(|e| e.name == INBOX_FOLDER && entry_is_dir(dir, e))
+        && holds_inbox_folder(dir)
 }
 
 /// Whether the directory open at `dir` is an account's root, found without listing it: a

@@ -368,6 +368,19 @@ impl Dovecot {
         )
     }
 
+    /// Dovecot's log must show no override of our locks and no lock timeout.
+    pub fn assert_clean_log(&self) {
+        let log = self.log();
+        for bad in [
+            "overrid",
+            "Timeout while waiting for lock",
+            "Panic",
+            "Fatal",
+        ] {
+            assert!(!log.contains(bad), "dovecot log has {bad:?}:\n{log}");
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
     }
