@@ -120,7 +120,18 @@ fn status_shows_each_view_its_unlocked_accounts_and_live_counters() {
     let pid = server_pid(&m.mnt).expect("server pid");
     signal(pid, "-KILL");
     assert!(wait_gone(pid, Duration::from_secs(10)));
-    let (code, text) = status(&[&mnt]);
+    // Its lock on the state file goes when its last thread has exited, which may be a little
+    // after the process shows as gone.
+    let mut said = (0, String::new());
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            said = status(&[&mnt]);
+            said.0 == 1
+        }),
+        "{}",
+        said.1
+    );
+    let (code, text) = said;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("DEAD"), "{text}");
     assert!(status(&[&mnt, "--json"]).1.contains("\"state\": \"dead\""));
