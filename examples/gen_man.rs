@@ -12,7 +12,7 @@ use clap::CommandFactory;
 
 /// Every page: (file name, roff text).
 pub fn pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
-    let cmd = maildirfs::cli::Cli::command();
+    let cmd = maildirfs::admin::cli::Cli::command();
     let mut out = Vec::new();
     let mut buf = Vec::new();
     clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;

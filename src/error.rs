@@ -125,6 +125,15 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
     out
 }
 
+/// A path relative to SOURCE as messages show it: escaped, and `.` for SOURCE itself.
+pub fn display_rel(p: &std::path::Path) -> String {
+    if p.as_os_str().is_empty() {
+        ".".to_owned()
+    } else {
+        escape_path(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,13 @@
-//! The `maildirfs` command: parse the arguments (`cli.rs`), call the library, turn the result
+//! The `maildirfs` command: parse the arguments (`admin/cli.rs`), call the library, turn the result
 //! into an exit status (0 success, 1 failure with one line on stderr, 2 usage error).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use maildirfs::cli::{Cli, Cmd};
+use maildirfs::admin::cli::{Cli, Cmd};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(maildirfs::cli::normalize_args(
+    let cli = Cli::parse_from(maildirfs::admin::cli::normalize_args(
         std::env::args_os().collect(),
     ));
     let result = match cli.cmd {
@@ -19,14 +19,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            maildirfs::mount::run(&opts).map(|summary| {
+            maildirfs::admin::mount::run(&opts).map(|summary| {
                 if let Some(s) = summary {
                     eprintln!("maildirfs: {s}");
                 }
                 ExitCode::SUCCESS
             })
         }
-        Cmd::Umount { mountpoint } => maildirfs::umount::umount(&mountpoint).map(|fin| {
+        Cmd::Umount { mountpoint } => maildirfs::admin::umount::umount(&mountpoint).map(|fin| {
             if let Some(f) = &fin.line {
                 eprintln!("maildirfs: {f}");
             }
@@ -39,9 +39,9 @@ fn main() -> ExitCode {
             }
         }),
         Cmd::Status { mountpoint, json } => {
-            maildirfs::status::status(mountpoint.as_deref()).map(|views| {
+            maildirfs::admin::status::status(mountpoint.as_deref()).map(|views| {
                 if json {
-                    println!("{}", maildirfs::status::to_json(&views));
+                    println!("{}", maildirfs::admin::status::to_json(&views));
                 } else if views.is_empty() {
                     println!("no maildirfs view is mounted");
                 } else {
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Cmd::Verify { path, json } => maildirfs::verify::verify(&path).map(|v| {
+        Cmd::Verify { path, json } => maildirfs::admin::verify::verify(&path).map(|v| {
             if json {
                 println!("{}", v.to_json());
             } else {

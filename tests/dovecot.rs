@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use common::churn::*;
 use common::dovecot::*;
 use common::*;
+use maildirfs::capture::pin::PinBudget;
 use maildirfs::capture::{LockPolicy, capture_account};
-use maildirfs::pin::PinBudget;
 
 /// One Dovecot scenario at a time: each is a handful of processes on a 2-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -336,7 +336,7 @@ fn captured_ids(
             account,
             policy,
             &PinBudget::fixed(10_000),
-            &maildirfs::watch::Watch::new(&account.root),
+            &maildirfs::capture::watch::Watch::new(&account.root),
         )
         .unwrap();
         for (rel, m) in c.mailboxes {

@@ -125,7 +125,7 @@ fn a_hundred_mount_cycles_leave_no_mount_lock_state_or_fd_behind() {
     let opts = maildirfs::MountOptions::new(fx.src(), fx.mnt());
     let fd = std::os::fd::OwnedFd::from(root);
     let capture = || {
-        let c = maildirfs::mount::capture_tree(&fd, &fx.src(), &opts).unwrap();
+        let c = maildirfs::admin::mount::capture_tree(&fd, &fx.src(), &opts).unwrap();
         assert_eq!(c.totals.messages, 200);
     };
     for _ in 0..10 {

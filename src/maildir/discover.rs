@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::maildir::names::{self, Place};
-use crate::select::{Selection, Visibility};
+use crate::maildir::select::{Selection, Visibility};
 use crate::sys;
 
 /// How many levels below an account's root mailbox (or below SOURCE, outside accounts) are
@@ -65,7 +65,7 @@ impl Discovery {
 }
 
 /// Walks the tree under `root` (an fd on SOURCE; `source` is only for messages).
-/// Only paths that `selection` shows are searched for accounts (see `select.rs`).
+/// Only paths that `selection` shows are searched for accounts (see `maildir/select.rs`).
 pub fn discover(
     root: BorrowedFd<'_>,
     source: &Path,

@@ -8,6 +8,7 @@ pub mod control;
 pub mod discover;
 pub mod filename;
 pub mod names;
+pub mod select;
 pub mod uidlist;
 
 pub use discover::{Account, Discovery, discover, discover_account};

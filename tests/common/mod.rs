@@ -145,7 +145,7 @@ pub fn server_pid(path: &Path) -> Option<i32> {
         .filter_map(|e| std::fs::File::open(e.path()).ok().map(|f| (f, e.path())))
         .find(|(f, _)| !matches!(maildirfs::sys::try_flock_shared(f.as_fd()), Ok(true)))
         .and_then(|(_, p)| std::fs::read_to_string(p).ok())?;
-    maildirfs::report::MountReport::from_state(&state).map(|r| r.pid as i32)
+    maildirfs::admin::report::MountReport::from_state(&state).map(|r| r.pid as i32)
 }
 
 /// Runs the binary with `args` and optional extra environment; returns its output.

@@ -24,7 +24,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -547,6 +547,7 @@ impl Registry {
 /// few syscalls this takes, whatever the capturing threads are stuck in. Returns how many
 /// locks were released.
 pub fn release_all() -> usize {
+    STOPPED.store(true, Ordering::Relaxed);
     let held = {
         let mut state = registry().state.lock();
         state.closed = true;
@@ -556,6 +557,16 @@ pub fn release_all() -> usize {
         h.release(Release::Early);
     }
     held.len()
+}
+
+/// Set once by [`release_all`], never cleared: the process is stopping. Kept apart from the
+/// registry so that asking does not start the registry's thread.
+static STOPPED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a stop signal has released every lock: captures check it between tries and
+/// accounts, and stop.
+pub fn stopping() -> bool {
+    STOPPED.load(Ordering::Relaxed)
 }
 
 /// The process's one registry, its toucher thread started on first use.

@@ -6,8 +6,8 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::admin::runtime;
 use crate::error::{Error, Result};
-use crate::runtime;
 use crate::sys;
 
 /// How long to wait for the server to exit after the unmount.
@@ -62,7 +62,7 @@ pub fn umount(mountpoint: &Path) -> Result<Closing> {
             }
         }
     }
-    let report = crate::report::MountReport::from_state(&runtime::read_state(&mut file));
+    let report = crate::admin::report::MountReport::from_state(&runtime::read_state(&mut file));
     Ok(Closing {
         line: report.as_ref().and_then(|r| r.final_line.clone()),
         failed_accounts: report.map_or(0, |r| r.live.view.failed),

@@ -1,6 +1,6 @@
 //! Reading the image's bytes back from SOURCE, for the FUSE adapter and for tests without FUSE.
 //!
-//! A pinned file (see `pin.rs`) is reopened through its pin: it is the captured inode whatever
+//! A pinned file (see `capture/pin.rs`) is reopened through its pin: it is the captured inode whatever
 //! happened to its name. An unpinned one is opened through the one SOURCE directory fd with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` (or an `O_NOFOLLOW` walk), so nothing outside SOURCE
 //! is ever opened, and the opened file's (dev, ino) must be the captured one before a byte is
@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result, escape_path};
+use crate::image::snapshot::{Content, Ino, Kind, NodeIdx, SYNTHETIC_INO, Snapshot};
 use crate::maildir::filename::base_name;
 use crate::maildir::names;
-use crate::snapshot::{Content, Ino, Kind, NodeIdx, SYNTHETIC_INO, Snapshot};
 use crate::sys;
 
 /// SOURCE, open, with the counters of what serving found.
@@ -47,7 +47,7 @@ pub struct Source {
     /// Bytes read from SOURCE for the kernel, and READ requests answered.
     pub bytes_served: AtomicU64,
     pub reads: AtomicU64,
-    /// Files and bytes read ahead into the kernel's cache (`readahead.rs`), and READs that
+    /// Files and bytes read ahead into the kernel's cache (`serve/readahead.rs`), and READs that
     /// still reached maildirfs for files of a read-ahead window (too late, or wasted).
     pub ahead_files: AtomicU64,
     pub ahead_bytes: AtomicU64,
@@ -85,8 +85,8 @@ impl Source {
     }
 
     /// The serving counters now.
-    pub fn live(&self) -> crate::report::Live {
-        crate::report::Live {
+    pub fn live(&self) -> crate::serve::counters::Live {
+        crate::serve::counters::Live {
             vanished: self.vanished() as u64,
             read_errors: self.errors() as u64,
             refound: self.refound.load(Ordering::Relaxed),
@@ -95,7 +95,7 @@ impl Source {
             ahead_files: self.ahead_files.load(Ordering::Relaxed),
             ahead_bytes: self.ahead_bytes.load(Ordering::Relaxed),
             ahead_late: self.ahead_late.load(Ordering::Relaxed),
-            view: crate::view::Counts::default(),
+            view: crate::image::view::Counts::default(),
         }
     }
 

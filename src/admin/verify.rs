@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result, escape_bytes, escape_path};
 use crate::maildir::filename::{self, base_name};
 use crate::maildir::names::{self, Place};
+use crate::maildir::select::Selection;
 use crate::maildir::uidlist::parse_uidlist;
-use crate::select::Selection;
 use crate::sys;
 
 /// How many example names a note about many files shows.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Dovecot's own waiters give up after 122 s; 30 s leaves IMAP sessions a wide margin while
 /// still riding out a busy mailbox.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::capture::account::DEFAULT_LOCK_TIMEOUT;
 
 /// Everything `maildirfs mount` was asked to do.
 #[derive(Debug, Clone)]
@@ -15,7 +15,7 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     pub lock_timeout: Duration,
     /// `--stall-timeout`: how long one operation under an account's locks may take (see
-    /// `watch.rs`).
+    /// `capture/watch.rs`).
     pub stall_timeout: Duration,
     pub no_lock: bool,
     pub strict_lock: bool,
@@ -31,10 +31,10 @@ pub struct MountOptions {
     /// `--no-read-ahead`: serve each file only when read, without reading the next ones of
     /// its directory ahead into the kernel's cache.
     pub no_read_ahead: bool,
-    /// `--lock-host NAME`: the host written into our locks (containers; see `lock.rs`).
+    /// `--lock-host NAME`: the host written into our locks (containers; see `capture/lock.rs`).
     pub lock_host: Option<String>,
     /// `--include`/`--exclude`: which accounts (paths relative to SOURCE) the view holds.
-    pub selection: crate::select::Selection,
+    pub selection: crate::maildir::select::Selection,
     /// `--summary-json FILE`: where to write the mount's report as JSON once mounted.
     pub summary_json: Option<PathBuf>,
     /// `--progress`/-q: show a live capture line on a terminal.
@@ -42,7 +42,7 @@ pub struct MountOptions {
     /// `--capture`: when accounts are captured.
     pub capture: CaptureMode,
     /// `--working-set FILES`: how many files the captured accounts may hold pinned together
-    /// (default: from the fd limit and the machine's memory; see `pin.rs`).
+    /// (default: from the fd limit and the machine's memory; see `capture/pin.rs`).
     pub working_set: Option<usize>,
     /// `--control-dir`: where Dovecot keeps the control files.
     pub control_dir: ControlDir,
@@ -99,7 +99,7 @@ impl MountOptions {
             source,
             mountpoint,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
-            stall_timeout: crate::watch::STALL_TIMEOUT,
+            stall_timeout: crate::capture::watch::STALL_TIMEOUT,
             no_lock: false,
             strict_lock: false,
             exclude_indexes: false,
@@ -110,7 +110,7 @@ impl MountOptions {
             passthrough: false,
             no_read_ahead: false,
             lock_host: None,
-            selection: crate::select::Selection::default(),
+            selection: crate::maildir::select::Selection::default(),
             summary_json: None,
             progress: true,
             capture: CaptureMode::OnDemand,

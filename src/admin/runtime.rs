@@ -155,7 +155,7 @@ pub fn find_state(devno: &str, mountpoint: &Path) -> (Option<(File, PathBuf)>, V
         let mut ranked: Vec<(bool, u64, (File, PathBuf))> = live
             .into_iter()
             .map(|(mut f, p)| {
-                let report = crate::report::MountReport::from_state(&read_state(&mut f));
+                let report = crate::admin::report::MountReport::from_state(&read_state(&mut f));
                 let serves = report.as_ref().is_some_and(|r| r.mountpoint == shown);
                 let started = report.and_then(|r| process_start(r.pid)).unwrap_or(0);
                 (serves, started, (f, p))

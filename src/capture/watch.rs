@@ -6,7 +6,7 @@
 //! names a live pid on its own host, so a hung capture would block that user's every flag
 //! change, move and expunge for as long as maildirfs runs. So the capturing thread beats the
 //! account's [`Watch`] after each operation, and the thread that hands out the accounts
-//! (`mount::capture_accounts`) checks every running capture's heartbeat: one that has not
+//! (`workers::capture_accounts`) checks every running capture's heartbeat: one that has not
 //! moved for the stall timeout is *revoked* — its locks are released at once from that
 //! thread, whatever the capturing thread is stuck in, and the account fails with `EIO` in the view.
 //!
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::lock::LockHandle;
+use crate::capture::lock::LockHandle;
 
 /// The default `--stall-timeout`: how long one operation under an account's locks may take
 /// before the locks are given up. A single syscall on a healthy disk, even a cold one, takes
@@ -155,10 +155,11 @@ mod tests {
         let dir = std::sync::Arc::new(std::os::fd::OwnedFd::from(
             std::fs::File::open(t.path()).unwrap(),
         ));
-        let take = || match crate::lock::UidlistLock::try_lock(&dir, t.path(), "1:h").unwrap() {
-            crate::lock::TryLock::Locked(l) => l,
-            crate::lock::TryLock::Busy(w) => panic!("busy: {w}"),
-        };
+        let take =
+            || match crate::capture::lock::UidlistLock::try_lock(&dir, t.path(), "1:h").unwrap() {
+                crate::capture::lock::TryLock::Locked(l) => l,
+                crate::capture::lock::TryLock::Busy(w) => panic!("busy: {w}"),
+            };
         let lockfile = t.path().join(crate::maildir::names::UIDLIST_LOCK);
         let w = Watch::new(Path::new("a"));
         let first = take();

@@ -211,7 +211,7 @@ pub struct Snapshot {
     pins: Vec<Option<OwnedFd>>,
     /// The pins' shares of the budget: declared after `pins`, so it drops (and gives the
     /// budget back) once every pin's fd is closed.
-    pin_set: crate::pin::PinSet,
+    pin_set: crate::capture::pin::PinSet,
     /// `st_dev` of SOURCE: every served file must be on it.
     pub source_dev: u64,
     pub totals: Totals,
@@ -500,7 +500,7 @@ pub struct NewNode {
     pub name: Vec<u8>,
     pub kind: NewKind,
     pub attr: Attr,
-    pub pin: Option<crate::pin::Pin>,
+    pub pin: Option<crate::capture::pin::Pin>,
 }
 
 #[derive(Debug, Clone)]

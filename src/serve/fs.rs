@@ -1,4 +1,4 @@
-//! The `fuser::Filesystem` adapter: each callback asks the view (`view.rs`) and the source and
+//! The `fuser::Filesystem` adapter: each callback asks the view (`image/view.rs`) and the source and
 //! turns the answer into a reply. No Maildir knowledge lives here.
 //!
 //! An account's snapshot stays the same while it is in the working set, so every TTL is long,
@@ -28,10 +28,10 @@ use fuser::{
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use crate::readahead::{PageStore, ReadAhead};
-use crate::snapshot::{Ino, Kind, NodeIdx, Snapshot};
-use crate::source::{self, Opened, Source};
-use crate::view::{At, Evicted, View};
+use crate::image::snapshot::{Ino, Kind, NodeIdx, Snapshot};
+use crate::image::view::{At, Evicted, View};
+use crate::serve::readahead::{PageStore, ReadAhead};
+use crate::serve::source::{self, Opened, Source};
 
 /// How long the kernel may cache entries, attributes and negative lookups: a captured account
 /// does not change until it leaves the working set, and then the kernel is told; one day
@@ -39,7 +39,7 @@ use crate::view::{At, Evicted, View};
 const TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The readahead asked of the kernel for one file (large files; small ones are read ahead
-/// across files by `readahead.rs`).
+/// across files by `serve/readahead.rs`).
 pub const MAX_READAHEAD: u32 = 1 << 20;
 
 /// A file handle as given to the kernel (passthrough mode only; 0 means none).
@@ -291,7 +291,7 @@ impl PageStore for KernelStore {
     }
 }
 
-/// Starts the read-ahead across files into `slot` (see `readahead.rs`), unless `off`
+/// Starts the read-ahead across files into `slot` (see `serve/readahead.rs`), unless `off`
 /// (`--no-read-ahead`). Passthrough mode needs none: the kernel reads the source files itself.
 pub fn start_read_ahead(
     slot: &OnceLock<ReadAhead>,
@@ -786,7 +786,7 @@ impl Filesystem for MaildirFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Attr, Builder, Stamp, Totals};
+    use crate::image::snapshot::{Attr, Builder, Stamp, Totals};
 
     fn snap(epoch: u32) -> Snapshot {
         let t = Stamp::default();

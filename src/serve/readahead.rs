@@ -36,8 +36,8 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::snapshot::{Content, Ino, Kind, NodeIdx, Snapshot};
-use crate::source::{Opened, Source};
+use crate::image::snapshot::{Content, Ino, Kind, NodeIdx, Snapshot};
+use crate::serve::source::{Opened, Source};
 use crate::sys;
 
 /// What puts a file's bytes into the kernel's page cache: the FUSE notifier, or a test's fake.
@@ -382,7 +382,6 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::os::fd::OwnedFd;
-    use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
     /// The kernel's page cache as the read-ahead fills it: what was stored where, by node.
@@ -418,8 +417,8 @@ mod tests {
             std::fs::write(src.join("Maildir/cur").join(name), body).unwrap();
         }
         let root = OwnedFd::from(std::fs::File::open(&src).unwrap());
-        let opts = crate::MountOptions::new(src.clone(), PathBuf::from("/nonexistent"));
-        let captured = crate::mount::capture_tree(&root, &src, &opts).unwrap();
+        let plan = crate::image::build::Plan::new();
+        let captured = crate::image::build::build(&root, &src, &plan, &Default::default()).unwrap();
         let account = captured.view.node(Ino(std::os::unix::fs::MetadataExt::ino(
             &std::fs::metadata(src.join("Maildir")).unwrap(),
         )));

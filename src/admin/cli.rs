@@ -27,7 +27,7 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
-/// What a capture holds at most, whatever an account's owner plants (`capture.rs`,
+/// What a capture holds at most, whatever an account's owner plants (`capture/account.rs`,
 /// `maildir/discover.rs`); stated on `mount --help` and in the man page.
 const MOUNT_LIMITS: &str = "Limits, whatever an account's owner puts in their Maildir:\n  - Control files (dovecot-uidlist, dovecot-keywords, subscriptions, dovecot-acl, ...) are taken only when they are regular files; a FIFO, socket, device or directory in their place is left out, logged and counted.\n  - At most 16 MiB of control files are held in memory per account, and at most 1 MiB per file other than dovecot-uidlist; a larger one is left out with a warning. A dovecot-uidlist that does not fit is never left out: it is pinned under the lock and served at its captured length.\n  - Directories more than 256 levels below an account (or below SOURCE outside accounts) are shown empty, with a warning.\n  - An operation that hangs under an account's locks for --stall-timeout seconds gets that account's locks released at once; listing that account in the view fails with EIO (so a \
 mirroring backup deletes nothing of it), and the others go on.\n  - SIGTERM or SIGINT releases every lock at once, at any moment, and ends the server.";
@@ -75,7 +75,7 @@ pub struct MountArgs {
     /// Seconds to keep retrying an account's locks before capturing it without them (or
     /// failing, with --strict-lock).
     #[arg(long, value_name = "SECS",
-          default_value_t = crate::options::DEFAULT_LOCK_TIMEOUT.as_secs())]
+          default_value_t = crate::admin::options::DEFAULT_LOCK_TIMEOUT.as_secs())]
     pub lock_timeout: u64,
     /// Seconds one operation may take while an account's locks are held (an open, a read, a
     /// directory listing: milliseconds on a healthy disk) before maildirfs releases that
@@ -135,7 +135,7 @@ pub struct MountArgs {
     /// Write NAME instead of this host's name into the locks, so that a Dovecot in another PID
     /// namespace (maildirfs in a container) judges them by age, not by a pid it cannot see.
     /// Default: this host's name.
-    #[arg(long, value_name = "NAME", value_parser = crate::options::valid_lock_host)]
+    #[arg(long, value_name = "NAME", value_parser = crate::admin::options::valid_lock_host)]
     pub lock_host: Option<String>,
     /// When accounts are captured. on-demand: at mount while the working set has room (a store
     /// that fits is captured whole, at one instant), every other account when it is first

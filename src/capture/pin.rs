@@ -5,7 +5,7 @@
 //!
 //! One fd per file costs about 250 bytes of kernel memory and counts against `RLIMIT_NOFILE`,
 //! which is raised as far as the process may. What does not fit in the budget is served by
-//! re-resolution instead (see `source.rs`); the summary says how many of each.
+//! re-resolution instead (see `serve/source.rs`); the summary says how many of each.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;

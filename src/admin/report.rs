@@ -109,71 +109,8 @@ pub struct Unlocked {
     pub why: String,
 }
 
-/// One account's lock hold, for `--summary-json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AccountHold {
-    pub account: String,
-    /// From the first lock taken to the last released (the longest of its captures); 0 when
-    /// captured without locks.
-    pub lock_hold_us: u64,
-    /// The part of it spent pinning files that were not pinned before the locks.
-    pub pinning_us: u64,
-    pub messages: u64,
-    pub locked: bool,
-    /// Its capture hung and was given up (locks released, `EIO` in the view).
-    pub stalled: bool,
-    /// How many times it was captured (on demand, again after it left the working set).
-    pub captures: u64,
-}
-
-impl AccountHold {
-    /// Folds in another capture of the same account: the longest hold (with its messages and
-    /// pinning), the captures counted, and the bad news kept (one capture without its locks,
-    /// or one that hung, is not hidden by a later one that went well).
-    pub fn combine(&mut self, o: AccountHold) {
-        let captures = self.captures + o.captures;
-        let locked = self.locked && o.locked;
-        let stalled = self.stalled || o.stalled;
-        if o.lock_hold_us > self.lock_hold_us {
-            *self = o;
-        }
-        self.captures = captures;
-        self.locked = locked;
-        self.stalled = stalled;
-    }
-}
-
-/// Counters that move while the view is served.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Live {
-    /// Files gone from the source since capture (each counted once).
-    #[serde(rename = "vanished_files")]
-    pub vanished: u64,
-    /// Files that failed to open or read for another reason (each counted once).
-    pub read_errors: u64,
-    /// Messages renamed in the source and served from their new names.
-    #[serde(rename = "renamed_files_refound")]
-    pub refound: u64,
-    /// Bytes maildirfs read from the source for the kernel; pages the kernel already holds are
-    /// served again without maildirfs, so this is at most what readers read.
-    pub bytes_served: u64,
-    /// READ requests answered.
-    #[serde(rename = "read_requests")]
-    pub reads: u64,
-    /// Files and bytes read ahead into the kernel's cache, and READs that still reached
-    /// maildirfs for files of a read-ahead window (too late, or wasted).
-    #[serde(rename = "files_read_ahead")]
-    pub ahead_files: u64,
-    #[serde(rename = "bytes_read_ahead")]
-    pub ahead_bytes: u64,
-    #[serde(rename = "reads_late_for_read_ahead")]
-    pub ahead_late: u64,
-    /// The working set: accounts captured, again, never, evicted, failed.
-    #[serde(flatten)]
-    pub view: crate::view::Counts,
-}
+pub use crate::image::build::AccountHold;
+pub use crate::serve::counters::Live;
 
 impl MountReport {
     /// The report for `--summary-json` and `status --json`: every key, pretty.
@@ -207,7 +144,7 @@ impl MountReport {
             self.accounts,
             self.mailboxes,
             self.messages,
-            crate::mount::human_bytes(self.bytes),
+            crate::admin::summary::human_bytes(self.bytes),
         );
         if self.unlocked.is_empty() {
             s.push_str(&format!(
@@ -265,10 +202,10 @@ impl MountReport {
         }
         s.push_str(&format!(
             "  served so far: {} read from the source in {} reads, {} files ({}) read ahead ({} reads late); {} vanished, {} read errors, {} renamed files refound\n",
-            crate::mount::human_bytes(self.live.bytes_served),
+            crate::admin::summary::human_bytes(self.live.bytes_served),
             self.live.reads,
             self.live.ahead_files,
-            crate::mount::human_bytes(self.live.ahead_bytes),
+            crate::admin::summary::human_bytes(self.live.ahead_bytes),
             self.live.ahead_late,
             self.live.vanished,
             self.live.read_errors,
@@ -305,7 +242,7 @@ mod tests {
             live: Live {
                 vanished: 1,
                 bytes_served: 99,
-                view: crate::view::Counts {
+                view: crate::image::view::Counts {
                     captured: 2,
                     ..Default::default()
                 },

@@ -20,7 +20,7 @@ pub struct Notifier {
 impl Notifier {
     /// Tells the parent the view is ready, after detaching from the caller's stdio.
     pub fn ready(&mut self, summary: &str) {
-        crate::logging::detach_stderr();
+        crate::admin::logging::detach_stderr();
         if let Err(e) = sys::detach_stdio() {
             log::warn!("cannot detach from the terminal: {e}");
         }
@@ -123,7 +123,7 @@ pub fn detach(
                 Ok(()) => 0,
                 Err(e) => {
                     // The parent prints the error; the log file or syslog keeps a copy.
-                    crate::logging::detach_stderr();
+                    crate::admin::logging::detach_stderr();
                     log::error!("{e}");
                     n.fail(&e);
                     // A capture thread stuck in an uninterruptible read would keep the

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
+use crate::admin::report::MountReport;
+use crate::admin::runtime;
 use crate::error::{Error, Result, escape_path};
-use crate::report::MountReport;
-use crate::runtime;
 
 /// One mounted view; in JSON, its report with `"state": "serving"` first, or its mount point
 /// and source with `"state": "dead"`.

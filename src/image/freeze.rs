@@ -21,22 +21,22 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::capture::pin::{Pin, PinBudget};
+use crate::capture::watch::Watch;
 use crate::capture::{
     self, AccountCapture, ControlBudget, ControlContent, LeftOut, Listed, MailboxCapture,
 };
 use crate::error::{Error, Result, escape_path};
+use crate::image::snapshot::{
+    Attr, Builder, Ino, NewContent, NewKind, NewNode, NodeIdx, Snapshot, Stamp, Totals,
+};
 use crate::maildir::discover::{
     MAX_DEPTH, child_depth, entry_is_dir, is_account_root, is_mailbox, lists_inbox_folder,
 };
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
-use crate::pin::{Pin, PinBudget};
-use crate::select::{Selection, Visibility};
-use crate::snapshot::{
-    Attr, Builder, Ino, NewContent, NewKind, NewNode, NodeIdx, Snapshot, Stamp, Totals,
-};
+use crate::maildir::select::{Selection, Visibility};
 use crate::sys;
-use crate::watch::Watch;
 
 /// What freeze noticed, for the summary and the log.
 #[derive(Debug, Default, Clone)]
@@ -665,7 +665,7 @@ impl<'a> Freezer<'a> {
         for idx in placed {
             if !matches!(
                 self.builder.node(idx).kind,
-                crate::snapshot::Kind::Dir { .. }
+                crate::image::snapshot::Kind::Dir { .. }
             ) {
                 continue;
             }

@@ -13,7 +13,7 @@
 //! - Captures run on their own threads ([`View::with_account`] queues the request's answer),
 //!   so a request waits only for its own account, however long another's locks take.
 //!
-//! No FUSE here: the adapter (`fs.rs`) asks, and this module is tested without a mount.
+//! No FUSE here: the adapter (`serve/fs.rs`) asks, and this module is tested without a mount.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 
+use crate::capture::pin::PinBudget;
 use crate::error::escape_path;
-use crate::pin::PinBudget;
-use crate::snapshot::{Ino, NodeIdx, Snapshot};
+use crate::image::snapshot::{Ino, NodeIdx, Snapshot};
 
 /// An account's number: its position in discovery order.
 pub type AccountId = u32;
@@ -49,7 +49,7 @@ pub struct AccountImage {
     pub unreadable: usize,
 }
 
-/// Captures accounts for the view: `mount.rs` gives the real one (discover, lock, capture,
+/// Captures accounts for the view: `image/build.rs` gives the real one (discover, lock, capture,
 /// freeze), tests their own.
 pub trait Capturer: Send + Sync {
     /// Captures account `id` at `root` as its capture number `epoch`. Before it takes any
@@ -125,7 +125,7 @@ struct Slot {
 }
 
 /// Counters for the summary, `status` and the umount line (their JSON keys are the report's:
-/// see `report.rs`).
+/// see `admin/report.rs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Counts {
@@ -706,7 +706,7 @@ impl std::fmt::Debug for View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Attr, Builder, NewContent, NewKind, NewNode, Stamp, Totals};
+    use crate::image::snapshot::{Attr, Builder, NewContent, NewKind, NewNode, Stamp, Totals};
     use std::os::fd::AsFd;
 
     fn attr(ino: u64, size: u64, mtime: i64) -> Attr {

@@ -29,7 +29,7 @@
 //! `dovecot-uidlist` at most [`CONTROL_FILE_BYTES`] each; a `dovecot-uidlist` beyond what is
 //! left is pinned and served from its pin at its captured length. Every operation under the
 //! locks beats the account's [`Watch`], so a hung one is seen, and its locks released, by the
-//! watchdog (`watch.rs`).
+//! watchdog (`capture/watch.rs`).
 //!
 //! Invariant: when `capture_account` returns, none of its locks is held.
 
@@ -39,18 +39,18 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::control_tree::{ControlDir, ControlPlaces};
+use crate::capture::control_tree::{ControlDir, ControlPlaces};
+use crate::capture::lock::{LockTemp, TryLock, UidlistLock, lock_content};
+use crate::capture::pin::{Pin, PinBudget};
+use crate::capture::watch::Watch;
 use crate::error::{Error, Result};
-use crate::lock::{LockTemp, TryLock, UidlistLock, lock_content};
 use crate::maildir::Account;
 use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
-use crate::pin::{Pin, PinBudget};
 use crate::sys;
-use crate::watch::Watch;
 
 /// The most control-file bytes one account holds in memory (the sum over its mailboxes).
 /// Real control files are a few KB; a `dovecot-uidlist` of a million messages is about 100 MB,
@@ -63,6 +63,9 @@ pub const CONTROL_FILE_BYTES: usize = 1 << 20;
 
 /// How many times a mailbox is listed before the listing check gives up and keeps the union.
 pub const MAX_LISTINGS: usize = 4;
+
+/// How long an account's lock set is tried for, unless `--lock-timeout` says otherwise.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How capture treats locks.
 #[derive(Debug, Clone)]
@@ -86,6 +89,22 @@ pub struct LockPolicy {
     pub lock_host: Option<String>,
     /// `--control-dir`: where each mailbox's lock and control files are.
     pub places: Arc<ControlPlaces>,
+}
+
+impl Default for LockPolicy {
+    /// Locks taken and waited for up to [`DEFAULT_LOCK_TIMEOUT`], an account that cannot be
+    /// locked captured without them (with a warning), control files in the Maildir.
+    fn default() -> LockPolicy {
+        LockPolicy {
+            no_lock: false,
+            strict: false,
+            timeout: DEFAULT_LOCK_TIMEOUT,
+            test_hold: Duration::ZERO,
+            one_mailbox_at_a_time: false,
+            lock_host: None,
+            places: Arc::default(),
+        }
+    }
 }
 
 /// One entry of a `new/` or `cur/` listing.
@@ -319,11 +338,8 @@ impl Progress {
     }
 }
 
-/// Set by a stop signal; capture checks it between tries and accounts and stops.
-pub static CANCEL: AtomicBool = AtomicBool::new(false);
-
 fn cancelled(source: &Path) -> Result<()> {
-    if CANCEL.load(Ordering::Relaxed) {
+    if crate::capture::lock::stopping() {
         return Err(Error::msg("capture interrupted", source, "stop signal"));
     }
     Ok(())
@@ -331,7 +347,7 @@ fn cancelled(source: &Path) -> Result<()> {
 
 /// Captures one account. `root` is an fd on SOURCE and `source` its path (for messages). The
 /// caller grows the fd table for the pins first (`PinBudget::reserve_table` with
-/// [`expected_entries_all`]), as `mount::capture_tree` does for all accounts at once.
+/// [`expected_entries_all`]), as `workers::capture_accounts` does for all accounts at once.
 /// `watch` is beaten after every operation; once the watchdog revokes it, the capture's locks
 /// are gone and it ends with an error as soon as it can.
 pub fn capture_account(
@@ -1699,7 +1715,7 @@ mod tests {
         let lock = t
             .path()
             .join("control/example.org/alice/.Archive/dovecot-uidlist.lock");
-        fs::write(&lock, crate::lock::lock_content(None)).unwrap();
+        fs::write(&lock, crate::capture::lock::lock_content(None)).unwrap();
         let e = capture_all(&src, &policy).unwrap_err().to_string();
         assert!(e.contains(".Archive/dovecot-uidlist.lock"), "{e}");
         assert!(e.contains("control/example.org/alice"), "{e}");
@@ -1707,7 +1723,7 @@ mod tests {
         assert!(lock.exists());
         fs::remove_file(&lock).unwrap();
         let in_maildir = src.join("example.org/alice/Maildir/.Archive/dovecot-uidlist.lock");
-        fs::write(&in_maildir, crate::lock::lock_content(None)).unwrap();
+        fs::write(&in_maildir, crate::capture::lock::lock_content(None)).unwrap();
         assert!(capture_all(&src, &policy).is_ok());
     }
 

@@ -132,7 +132,12 @@ impl Log for Logger {
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`, without a date crate.
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
+    utc(std::time::SystemTime::now())
+}
+
+/// `t` in UTC, as [`utc_now`] writes it.
+pub fn utc(t: std::time::SystemTime) -> String {
+    let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);

@@ -1,0 +1,17 @@
+//! What the admin runs: the command line, the mount command that drives the flow and
+//! detaches, the state files `status` and `umount` read, the report and summary line,
+//! `verify`, and where the log goes.
+//!
+//! Stands on every stage above it; nothing above imports from here.
+
+pub mod cli;
+pub mod daemon;
+pub mod logging;
+pub mod mount;
+pub mod options;
+pub mod report;
+pub mod runtime;
+pub mod status;
+pub mod summary;
+pub mod umount;
+pub mod verify;
