@@ -1,5 +1,7 @@
-//! The `fuser::Filesystem` adapter: each callback asks the view (`image/view.rs`) and the source and
-//! turns the answer into a reply. No Maildir knowledge lives here.
+//! The `fuser::Filesystem` adapter: each callback asks [`Served`] (the view and the source,
+//! tested without FUSE) and turns its answer into a reply; what is FUSE's own (the read path
+//! chosen at init, passthrough's backing files, the kernel's notifier) lives here. No Maildir
+//! knowledge lives here.
 //!
 //! An account's snapshot stays the same while it is in the working set, so every TTL is long,
 //! listings come with attributes, and the kernel keeps every page: by default there is no
@@ -12,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::num::NonZeroUsize;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -20,18 +21,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BackingId, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    AccessFlags, BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
-use lru::LruCache;
 use parking_lot::Mutex;
 
-use crate::image::snapshot::{Ino, Kind, NodeIdx, Snapshot};
-use crate::image::view::{At, Evicted, View};
+use crate::image::snapshot::Ino;
+use crate::image::view::{Evicted, View};
 use crate::serve::readahead::{PageStore, ReadAhead};
-use crate::serve::source::{self, Opened, Source};
+use crate::serve::served::{Entry, FileKey, Served};
+use crate::serve::source::{Opened, Source};
 
 /// How long the kernel may cache entries, attributes and negative lookups: a captured account
 /// does not change until it leaves the working set, and then the kernel is told; one day
@@ -59,23 +60,24 @@ pub enum ReadPath {
     Passthrough = 1,
 }
 
-impl ReadPath {
-    pub fn from_u8(v: u8) -> ReadPath {
-        if v == ReadPath::Passthrough as u8 {
+/// The [`ReadPath`] in use, set once at init and read by the session for its summary.
+#[derive(Debug, Clone, Default)]
+pub struct SharedReadPath(Arc<AtomicU8>);
+
+impl SharedReadPath {
+    /// The read path in use (`NoOpen` until init chose another).
+    pub fn get(&self) -> ReadPath {
+        if self.0.load(Ordering::Relaxed) == ReadPath::Passthrough as u8 {
             ReadPath::Passthrough
         } else {
             ReadPath::NoOpen
         }
     }
+
+    fn set(&self, path: ReadPath) {
+        self.0.store(path as u8, Ordering::Relaxed);
+    }
 }
-
-/// Open fds kept for reads in no-open mode. Readers go through a tree file by file, so a few
-/// dozen are plenty; the fd budget keeps room for them (`pin::RESERVE`).
-const FD_CACHE: usize = 64;
-
-/// A file as the kernel knows it: its node id and generation (another capture may serve
-/// another file under the same node id, with another generation).
-type FileKey = (Ino, u64);
 
 /// Backing files registered with the kernel, one per inode while it is open (passthrough).
 #[derive(Debug, Default)]
@@ -89,108 +91,38 @@ struct Backing {
 /// The mounted filesystem.
 #[derive(Debug)]
 pub struct MaildirFs {
-    view: Arc<View>,
-    source: Arc<Source>,
+    served: Served,
     /// Whether passthrough was asked for (`-o passthrough`).
     want_passthrough: bool,
-    /// The `ReadPath` in use, shared with the mount summary.
-    read_path: Arc<AtomicU8>,
+    /// The read path in use, shared with the session.
+    read_path: SharedReadPath,
     /// Passthrough handles and backing ids. Protected by this mutex.
     backing: Mutex<Backing>,
-    /// No-open mode: fds for reads by file, least recently used dropped first. Protected by
-    /// this mutex.
-    fds: Mutex<LruCache<FileKey, Opened>>,
     /// Handles are never reused while mounted.
     next_fh: AtomicU64,
-    /// The read-ahead across files, once the kernel's notifier exists (no-open mode only).
-    ahead: Arc<OnceLock<ReadAhead>>,
 }
 
-/// A directory listing to answer: the directory, its parent's node id (for `..`).
-type Listing = (At, Ino);
-
 impl MaildirFs {
+    /// The filesystem serving `view`, its bytes read through `source`; `want_passthrough`
+    /// asks the kernel for passthrough at init.
     pub fn new(view: Arc<View>, source: Arc<Source>, want_passthrough: bool) -> MaildirFs {
         MaildirFs {
-            view,
-            source,
+            served: Served::new(view, source),
             want_passthrough,
-            read_path: Arc::new(AtomicU8::new(ReadPath::NoOpen as u8)),
+            read_path: SharedReadPath::default(),
             backing: Mutex::new(Backing::default()),
-            fds: Mutex::new(LruCache::new(
-                NonZeroUsize::new(FD_CACHE).unwrap_or(NonZeroUsize::MIN),
-            )),
             next_fh: AtomicU64::new(1),
-            ahead: Arc::new(OnceLock::new()),
         }
     }
 
     /// Where the read-ahead goes once the session's notifier exists ([`start_read_ahead`]).
     pub fn ahead_slot(&self) -> Arc<OnceLock<ReadAhead>> {
-        Arc::clone(&self.ahead)
+        self.served.ahead_slot()
     }
 
     /// The read path in use, readable after the mount (for the summary).
-    pub fn read_path(&self) -> Arc<AtomicU8> {
-        Arc::clone(&self.read_path)
-    }
-
-    fn passthrough(&self) -> bool {
-        self.read_path.load(Ordering::Relaxed) == ReadPath::Passthrough as u8
-    }
-
-    fn node(&self, ino: INodeNo) -> Result<At, Errno> {
-        self.view.node(Ino(ino.0)).map_err(Errno::from_i32)
-    }
-
-    /// Runs `then` with the directory at `ino` ready to read: at once, or, for an account
-    /// not captured yet, on the capture thread once it is.
-    fn with_dir(&self, ino: INodeNo, then: impl FnOnce(Result<Listing, Errno>) + Send + 'static) {
-        let dir = match self.node(ino) {
-            Ok(d) => d,
-            Err(e) => return then(Err(e)),
-        };
-        if !matches!(dir.snap.node(dir.idx).kind, Kind::Dir { .. }) {
-            return then(Err(Errno::ENOTDIR));
-        }
-        if dir.snap.is_unlistable(dir.idx) {
-            return then(Err(Errno::EIO));
-        }
-        let parent = self.view.parent_ino(&dir);
-        match self.view.deferred(&dir) {
-            None => then(Ok((dir, parent))),
-            Some(account) => self.view.with_account(
-                account,
-                Box::new(move |r| {
-                    then(
-                        r.map(|snap| {
-                            let at = At {
-                                snap,
-                                idx: NodeIdx::ROOT,
-                            };
-                            (at, parent)
-                        })
-                        .map_err(Errno::from_i32),
-                    )
-                }),
-            ),
-        }
-    }
-
-    /// [`MaildirFs::with_dir`] for a READDIR at `offset`: the listing and the position to
-    /// continue at.
-    fn with_listing(
-        &self,
-        ino: INodeNo,
-        offset: u64,
-        then: impl FnOnce(Result<(Listing, u64), Errno>) + Send + 'static,
-    ) {
-        self.with_dir(ino, move |r| {
-            then(r.and_then(|l| {
-                let pos = position(&l.0.snap, offset)?;
-                Ok((l, pos))
-            }))
-        });
+    pub fn read_path(&self) -> SharedReadPath {
+        self.read_path.clone()
     }
 
     /// Passthrough open: the file, checked, registered as the inode's backing file (once per
@@ -200,14 +132,8 @@ impl MaildirFs {
         ino: INodeNo,
         reply: &ReplyOpen,
     ) -> Result<(Fh, Option<Arc<BackingId>>), Errno> {
-        let at = self.node(ino)?;
-        let opened = self.source.open(&at.snap, at.idx).map_err(|e| e.errno())?;
-        // The kernel reads the backing file itself, and no READ reaches us: an opened file
-        // counts as read for the working set (the backing fd keeps it readable whatever
-        // becomes of the account).
-        at.snap.mark_read(at.idx);
+        let (key, opened) = self.served.open(Ino(ino.0))?;
         let fh = Fh(self.next_fh.fetch_add(1, Ordering::Relaxed));
-        let key = (Ino(ino.0), at.snap.generation(at.idx));
         let mut b = self.backing.lock();
         let id = match (&opened, b.by_ino.get_mut(&key)) {
             (Opened::Inline(_), _) => None,
@@ -231,54 +157,22 @@ impl MaildirFs {
         Ok((fh, id))
     }
 
-    /// The bytes to read for a request: the handle's in passthrough mode, else a cached fd.
-    fn opened_for(&self, fh: FileHandle, at: &At) -> Result<Opened, Errno> {
-        if fh.0 != 0 {
-            return self
-                .backing
-                .lock()
-                .by_handle
-                .get(&Fh(fh.0))
-                .map(|(_, o)| o.clone())
-                .ok_or(Errno::EBADF);
+    /// The bytes of an open handle (passthrough mode; 0: none, read through a cached fd).
+    fn handle(&self, fh: FileHandle) -> Result<Option<Opened>, Errno> {
+        if fh.0 == 0 {
+            return Ok(None);
         }
-        let key = (at.snap.ino_of(at.idx), at.snap.generation(at.idx));
-        if let Some(o) = self.fds.lock().get(&key) {
-            return Ok(o.clone());
-        }
-        // Opened outside the lock: a slow open must not stall other readers.
-        let opened = self.source.open(&at.snap, at.idx).map_err(|e| e.errno())?;
-        self.fds.lock().put(key, opened.clone());
-        Ok(opened)
+        let b = self.backing.lock();
+        let (_, opened) = b.by_handle.get(&Fh(fh.0)).ok_or(Errno::EBADF)?;
+        Ok(Some(opened.clone()))
     }
+}
 
-    fn read_node(
-        &self,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-    ) -> Result<Vec<u8>, Errno> {
-        let at = self.node(ino)?;
-        if let Some(ahead) = self.ahead.get() {
-            // Before this read, so that the files after it are read while it is.
-            ahead.on_read(&at.snap, at.idx, offset);
-        }
-        let opened = self.opened_for(fh, &at)?;
-        let len = at.snap.node(at.idx).attr.size;
-        let data = source::read_at(&opened, len, offset, size).map_err(|e| {
-            let path = self.source.path().join(at.snap.rel_path(at.idx));
-            self.source.failed(at.snap.ino_of(at.idx), &path, &e);
-            Errno::from(e)
-        })?;
-        if offset + data.len() as u64 >= len {
-            at.snap.mark_read(at.idx);
-        }
-        self.source.reads.fetch_add(1, Ordering::Relaxed);
-        self.source
-            .bytes_served
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(data)
+/// A lookup's answer as the kernel takes it.
+fn reply_entry(reply: ReplyEntry, r: Result<Entry, Errno>) {
+    match r {
+        Ok(e) => reply.entry(&TTL, &e.attr, Generation(e.generation)),
+        Err(e) => reply.error(e),
     }
 }
 
@@ -338,60 +232,14 @@ pub fn notify_evictions(view: &View, notifier: fuser::Notifier) {
     }
 }
 
-/// A directory offset as given to the kernel: the capture the listing was made in (its
-/// snapshot's epoch), and the position after the entry.
-fn offset_of(snap: &Snapshot, next: u64) -> u64 {
-    (u64::from(snap.epoch) << 32) | next
-}
-
-/// The position an offset from the kernel continues at; `ESTALE` if the listing was begun in
-/// another capture of the account (continuing it would skip or repeat entries).
-fn position(snap: &Snapshot, offset: u64) -> Result<u64, Errno> {
-    if offset == 0 {
-        return Ok(0);
-    }
-    if offset >> 32 != u64::from(snap.epoch) {
-        return Err(Errno::ESTALE);
-    }
-    Ok(offset & 0xffff_ffff)
-}
-
-/// The entry at listing position `pos`: `.`, `..`, then the children in name order; with the
-/// node (`None` for `..`, whose node id is given).
-fn entry_at(dir: &At, parent: Ino, pos: u64) -> Option<(Ino, Option<NodeIdx>, &[u8])> {
-    let snap = &dir.snap;
-    match pos {
-        0 => Some((snap.ino_of(dir.idx), Some(dir.idx), b".")),
-        1 => Some((parent, None, b"..")),
-        _ => {
-            let children = snap.children(dir.idx);
-            let c = children.start.checked_add(u32::try_from(pos - 2).ok()?)?;
-            (c < children.end).then(|| {
-                let c = NodeIdx(c);
-                (snap.ino_of(c), Some(c), snap.name(c))
-            })
-        }
-    }
-}
-
-fn kind_of(snap: &Snapshot, idx: Option<NodeIdx>) -> FileType {
-    // No node: a directory of the skeleton not captured yet.
-    idx.map_or(FileType::Directory, |i| snap.node(i).kind.file_type())
-}
-
-/// Answers a lookup of `name` in directory `dir`.
-fn reply_lookup(view: &View, dir: &At, name: &OsStr, reply: ReplyEntry) {
-    match dir.snap.lookup(dir.idx, name.as_bytes()) {
-        Some(idx) => {
-            let c = view.shown(At {
-                snap: Arc::clone(&dir.snap),
-                idx,
-            });
-            let generation = Generation(c.snap.generation(c.idx));
-            reply.entry(&TTL, &c.snap.file_attr(c.idx), generation)
-        }
-        None => reply.error(Errno::ENOENT),
-    }
+/// `Filesystem` callbacks that answer `EROFS` whatever they are asked: each given by its
+/// name, the types of its arguments after the request, and its reply's type.
+macro_rules! read_only {
+    ($($name:ident($($arg:ty),* $(,)?) -> $reply:ty;)*) => {
+        $(fn $name(&self, _req: &Request, $(_: $arg,)* reply: $reply) {
+            reply.error(Errno::EROFS);
+        })*
+    };
 }
 
 impl Filesystem for MaildirFs {
@@ -410,8 +258,7 @@ impl Filesystem for MaildirFs {
             match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
                 Ok(()) => {
                     let _ = config.set_max_stack_depth(1);
-                    self.read_path
-                        .store(ReadPath::Passthrough as u8, Ordering::Relaxed);
+                    self.read_path.set(ReadPath::Passthrough);
                 }
                 Err(_) => log::warn!("the kernel has no FUSE passthrough; serving reads itself"),
             }
@@ -420,27 +267,21 @@ impl Filesystem for MaildirFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = name.to_owned();
-        let view = Arc::clone(&self.view);
-        self.with_dir(parent, move |r| match r {
-            Ok((dir, _)) => reply_lookup(&view, &dir, &name, reply),
-            Err(e) => reply.error(e),
-        });
+        let name = name.as_bytes().to_vec();
+        self.served
+            .lookup(Ino(parent.0), name, move |r| reply_entry(reply, r));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino).map(|at| self.view.shown(at)) {
-            Ok(at) => reply.attr(&TTL, &at.snap.file_attr(at.idx)),
+        match self.served.attr(Ino(ino.0)) {
+            Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino) {
-            Ok(at) => match at.snap.node(at.idx).kind {
-                Kind::Symlink(i) => reply.data(at.snap.inline(i)),
-                _ => reply.error(Errno::EINVAL),
-            },
+        match self.served.readlink(Ino(ino.0)) {
+            Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
         }
     }
@@ -449,7 +290,7 @@ impl Filesystem for MaildirFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
-        if !self.passthrough() {
+        if self.read_path.get() != ReadPath::Passthrough {
             // ENOSYS puts the kernel in no-open mode for good: no OPEN, FLUSH or RELEASE
             // round trip for any file again, and every page read stays cached.
             return reply.error(Errno::ENOSYS);
@@ -475,7 +316,10 @@ impl Filesystem for MaildirFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        match self.read_node(ino, fh, offset, size) {
+        let data = self
+            .handle(fh)
+            .and_then(|h| self.served.read(Ino(ino.0), h, offset, size));
+        match data {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
         }
@@ -531,20 +375,17 @@ impl Filesystem for MaildirFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.with_listing(ino, offset, move |r| {
-            let ((dir, parent), mut pos) = match r {
-                Ok(l) => l,
-                Err(e) => return reply.error(e),
-            };
-            while let Some((ino, idx, name)) = entry_at(&dir, parent, pos) {
-                let kind = kind_of(&dir.snap, idx);
-                let next = offset_of(&dir.snap, pos + 1);
-                if reply.add(INodeNo(ino.0), next, kind, OsStr::from_bytes(name)) {
-                    break;
+        self.served.list(Ino(ino.0), offset, move |r| match r {
+            Ok(listing) => {
+                for e in listing.entries() {
+                    let name = OsStr::from_bytes(e.name);
+                    if reply.add(INodeNo(e.ino.0), e.next, e.kind, name) {
+                        break;
+                    }
                 }
-                pos += 1;
+                reply.ok();
             }
-            reply.ok();
+            Err(e) => reply.error(e),
         });
     }
 
@@ -556,35 +397,22 @@ impl Filesystem for MaildirFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let view = Arc::clone(&self.view);
-        self.with_listing(ino, offset, move |r| {
-            let ((dir, parent), mut pos) = match r {
-                Ok(l) => l,
-                Err(e) => return reply.error(e),
-            };
-            while let Some((ino, idx, name)) = entry_at(&dir, parent, pos) {
-                // `..` of an account's root lies in the skeleton.
-                let at = match idx {
-                    Some(idx) => Some(At {
-                        snap: Arc::clone(&dir.snap),
-                        idx,
-                    }),
-                    None => view.node(ino).ok(),
-                };
-                let Some(at) = at.map(|at| view.shown(at)) else {
-                    pos += 1;
-                    continue;
-                };
-                let attr = at.snap.file_attr(at.idx);
-                let generation = Generation(at.snap.generation(at.idx));
-                let next = offset_of(&dir.snap, pos + 1);
-                let name = OsStr::from_bytes(name);
-                if reply.add(attr.ino, next, name, &TTL, &attr, generation) {
-                    break;
+        let view = Arc::clone(self.served.view());
+        self.served.list(Ino(ino.0), offset, move |r| match r {
+            Ok(listing) => {
+                for e in listing.entries() {
+                    let Some(entry) = listing.entry(&view, &e) else {
+                        continue;
+                    };
+                    let (name, generation) =
+                        (OsStr::from_bytes(e.name), Generation(entry.generation));
+                    if reply.add(entry.attr.ino, e.next, name, &TTL, &entry.attr, generation) {
+                        break;
+                    }
                 }
-                pos += 1;
+                reply.ok();
             }
-            reply.ok();
+            Err(e) => reply.error(e),
         });
     }
 
@@ -600,15 +428,16 @@ impl Filesystem for MaildirFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let blocks = self.view.bytes().div_ceil(4096);
-        let files = self.view.entries() as u64;
+        let (blocks, files) = self.served.usage();
         reply.statfs(blocks, 0, 0, files, 0, 4096, 255, 4096);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.node(ino) {
-            Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
-            Ok(_) => reply.ok(),
+        match self
+            .served
+            .access(Ino(ino.0), mask.contains(AccessFlags::W_OK))
+        {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
@@ -632,178 +461,33 @@ impl Filesystem for MaildirFs {
         }
     }
 
-    // Every write-type operation: the image is read-only.
-
-    fn setattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn mknod(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _r: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _t: &std::path::Path,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _np: INodeNo,
-        _nn: &OsStr,
-        _f: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
-        _wf: fuser::WriteFlags,
-        _flags: OpenFlags,
-        _lo: Option<fuser::LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _f: i32,
-        reply: ReplyCreate,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        _i: INodeNo,
-        _n: &OsStr,
-        _v: &[u8],
-        _f: i32,
-        _p: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn removexattr(&self, _req: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn fallocate(
-        &self,
-        _req: &Request,
-        _i: INodeNo,
-        _fh: FileHandle,
-        _o: u64,
-        _l: u64,
-        _m: i32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn copy_file_range(
-        &self,
-        _req: &Request,
-        _i: INodeNo,
-        _fh: FileHandle,
-        _o: u64,
-        _io: INodeNo,
-        _fho: FileHandle,
-        _oo: u64,
-        _l: u64,
-        _f: fuser::CopyFileRangeFlags,
-        reply: ReplyWrite,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::image::snapshot::{Attr, Builder, Stamp, Totals};
-
-    fn snap(epoch: u32) -> Snapshot {
-        let t = Stamp::default();
-        let root = Attr::new(Ino(50), 0, t, t, 0o755, 0, 0);
-        Builder::for_account(std::path::PathBuf::from("a"), Ino(50), root, 0, 1, 0, epoch)
-            .finish(Totals::default())
-    }
-
-    #[test]
-    fn a_listing_continues_only_in_the_capture_it_began_in() {
-        let (first, again) = (snap(1), snap(2));
-        let off = offset_of(&first, 7);
-        assert_eq!(position(&first, off), Ok(7));
-        assert_eq!(position(&again, off), Err(Errno::ESTALE));
-        // Offset 0 starts a listing in any capture.
-        assert_eq!(position(&again, 0), Ok(0));
-        // The account's root is served under its own node id.
-        assert_eq!(first.ino_of(NodeIdx::ROOT), Ino(50));
+    // Every write-type operation: the image is read-only. A `ro` mount has the kernel
+    // refuse most of them before they reach us; they are answered here too, in case the
+    // mount is made writable (`mount -o remount,rw`).
+    read_only! {
+        setattr(
+            INodeNo, Option<u32>, Option<u32>, Option<u32>, Option<u64>, Option<TimeOrNow>,
+            Option<TimeOrNow>, Option<SystemTime>, Option<FileHandle>, Option<SystemTime>,
+            Option<SystemTime>, Option<SystemTime>, Option<fuser::BsdFileFlags>
+        ) -> ReplyAttr;
+        mknod(INodeNo, &OsStr, u32, u32, u32) -> ReplyEntry;
+        mkdir(INodeNo, &OsStr, u32, u32) -> ReplyEntry;
+        unlink(INodeNo, &OsStr) -> ReplyEmpty;
+        rmdir(INodeNo, &OsStr) -> ReplyEmpty;
+        symlink(INodeNo, &OsStr, &std::path::Path) -> ReplyEntry;
+        rename(INodeNo, &OsStr, INodeNo, &OsStr, RenameFlags) -> ReplyEmpty;
+        link(INodeNo, INodeNo, &OsStr) -> ReplyEntry;
+        write(
+            INodeNo, FileHandle, u64, &[u8], fuser::WriteFlags, OpenFlags,
+            Option<fuser::LockOwner>
+        ) -> ReplyWrite;
+        create(INodeNo, &OsStr, u32, u32, i32) -> ReplyCreate;
+        setxattr(INodeNo, &OsStr, &[u8], i32, u32) -> ReplyEmpty;
+        removexattr(INodeNo, &OsStr) -> ReplyEmpty;
+        fallocate(INodeNo, FileHandle, u64, u64, i32) -> ReplyEmpty;
+        copy_file_range(
+            INodeNo, FileHandle, u64, INodeNo, FileHandle, u64, u64,
+            fuser::CopyFileRangeFlags
+        ) -> ReplyWrite;
     }
 }

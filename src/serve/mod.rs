@@ -1,4 +1,5 @@
-//! Serving the image: the thin `fuser::Filesystem` adapter (`fs`), the bytes read from
+//! Serving the image: what each request is answered, without FUSE (`served`), the thin
+//! `fuser::Filesystem` adapter over it (`fs`), the bytes read from
 //! SOURCE through pins or names found again (`source`), read-ahead of the files a backup
 //! reads next (`readahead`), the live counters (`counters`) and the FUSE session (`session`).
 //!
@@ -7,5 +8,6 @@
 pub mod counters;
 pub mod fs;
 pub mod readahead;
+pub mod served;
 pub mod session;
 pub mod source;

@@ -3,11 +3,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::{Error, Result};
 use crate::image::view::View;
-use crate::serve::fs::{self, MaildirFs, ReadPath};
+use crate::serve::fs::{self, MaildirFs, ReadPath, SharedReadPath};
 use crate::serve::source::Source;
 use crate::sys;
 
@@ -25,7 +24,7 @@ pub struct MountConfig {
 /// A mounted view.
 pub struct Session {
     session: fuser::Session<MaildirFs>,
-    read_path: Arc<AtomicU8>,
+    read_path: SharedReadPath,
     passthrough_asked: bool,
 }
 
@@ -78,7 +77,7 @@ impl Session {
 
     /// How reads are served, known once the kernel has connected.
     pub fn read_path(&self) -> ReadPath {
-        ReadPath::from_u8(self.read_path.load(Ordering::Relaxed))
+        self.read_path.get()
     }
 
     /// How reads are served, as the report's `reads` key and in the summary's words.
