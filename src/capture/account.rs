@@ -973,17 +973,15 @@ fn pin_listed(
         {
             break;
         }
-        let Ok(now) = current_names(new.as_fd(), cur.as_fd(), &mut || watch.beat()) else {
+        let Ok(now) = CurrentNames::list(new.as_fd(), cur.as_fd(), &mut || watch.beat()) else {
             break;
         };
         watch.beat();
         for l in m.new.iter_mut().chain(m.cur.iter_mut()).filter(unpinned) {
-            if let Some((in_cur, name)) = now.get(&l.ino) {
-                if base_name(name) == base_name(&l.name) {
-                    let dir = if *in_cur { cur } else { new };
-                    l.pin = budget.pin(dir.as_fd(), OsStr::from_bytes(name), l.d_type);
-                    watch.beat();
-                }
+            if let Some((in_cur, name)) = now.of(l) {
+                let dir = if in_cur { cur } else { new };
+                l.pin = budget.pin(dir.as_fd(), OsStr::from_bytes(name), l.d_type);
+                watch.beat();
             }
         }
     }
@@ -1262,20 +1260,39 @@ fn pre_listing(
 }
 
 /// The current name of every entry of a mailbox's `new/` and `cur/`, by inode number, with
-/// whether it is in `cur/`.
-/// `batch` is called after each `getdents64` call (the capture's heartbeat).
-pub fn current_names(
-    new: BorrowedFd<'_>,
-    cur: BorrowedFd<'_>,
-    batch: &mut dyn FnMut(),
-) -> std::io::Result<HashMap<u64, (bool, Vec<u8>)>> {
-    let mut out = HashMap::new();
-    for (in_cur, fd) in [(false, new), (true, cur)] {
-        for e in sys::read_dir_with(fd, batch)? {
-            out.insert(e.ino, (in_cur, e.name));
+/// whether it is in `cur/`: where a message listed before is now.
+#[derive(Debug, Default)]
+pub struct CurrentNames(HashMap<u64, (bool, Vec<u8>)>);
+
+impl CurrentNames {
+    /// Lists `new/` and `cur/` again; `batch` is called after each `getdents64` call (the
+    /// capture's heartbeat).
+    pub fn list(
+        new: BorrowedFd<'_>,
+        cur: BorrowedFd<'_>,
+        batch: &mut dyn FnMut(),
+    ) -> std::io::Result<CurrentNames> {
+        let mut out = HashMap::new();
+        for (in_cur, fd) in [(false, new), (true, cur)] {
+            for e in sys::read_dir_with(fd, batch)? {
+                out.insert(e.ino, (in_cur, e.name));
+            }
         }
+        Ok(CurrentNames(out))
     }
-    Ok(out)
+
+    /// Where message `l` is now: in `cur/` or not, and its name; `None` if no entry is its
+    /// inode under its base name (a flag change keeps both; an inode under another base name
+    /// is another message in a freed inode).
+    pub fn of(&self, l: &Listed) -> Option<(bool, &[u8])> {
+        let (in_cur, name) = self.0.get(&l.ino)?;
+        (base_name(name) == base_name(&l.name)).then_some((*in_cur, name.as_slice()))
+    }
+
+    /// Whether some entry is inode `ino`, under any name.
+    pub fn has_inode(&self, ino: u64) -> bool {
+        self.0.contains_key(&ino)
+    }
 }
 
 /// Opens a mailbox's `new/` or `cur/`. One that is gone means the mailbox changed shape (an

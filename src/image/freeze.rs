@@ -33,7 +33,6 @@ use crate::image::snapshot::{
 use crate::maildir::discover::{
     MAX_DEPTH, child_depth, entry_is_dir, is_account_root, is_mailbox, lists_inbox_folder,
 };
-use crate::maildir::filename::base_name;
 use crate::maildir::names::{self, Place};
 use crate::maildir::select::{Selection, Visibility};
 use crate::sys;
@@ -1048,14 +1047,15 @@ impl<'a> Freezer<'a> {
         let new = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(names::NEW)).ok()?;
         let cur = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(names::CUR)).ok()?;
         for _ in 0..capture::RELISTS {
-            let now = capture::current_names(new.as_fd(), cur.as_fd(), &mut || ()).ok()?;
-            let Some((in_cur, name)) = now.get(&l.ino) else {
+            let now = capture::CurrentNames::list(new.as_fd(), cur.as_fd(), &mut || ()).ok()?;
+            let Some((in_cur, name)) = now.of(l) else {
+                if now.has_inode(l.ino) {
+                    // Its inode is another message now: this one is gone.
+                    return None;
+                }
                 continue;
             };
-            if base_name(name) != base_name(&l.name) {
-                return None;
-            }
-            let dir = if *in_cur { &cur } else { &new };
+            let dir = if in_cur { &cur } else { &new };
             let name = OsStr::from_bytes(name);
             if let Some(pin) = self.budget.pin(dir.as_fd(), name, l.d_type) {
                 match sys::fstat(pin.as_fd()) {
