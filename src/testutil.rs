@@ -18,6 +18,19 @@ impl TempDir {
         TempDir(p)
     }
 
+    /// A temporary directory that is a mailbox: `cur/`, `new/` and `tmp/` in it, and `files`
+    /// (path in the mailbox, content).
+    pub fn maildir(tag: &str, files: &[(&str, &str)]) -> TempDir {
+        let t = TempDir::new(tag);
+        for d in ["cur", "new", "tmp"] {
+            std::fs::create_dir(t.path().join(d)).expect("create mailbox dir");
+        }
+        for (path, content) in files {
+            std::fs::write(t.path().join(path), content).expect("write mailbox file");
+        }
+        t
+    }
+
     pub fn path(&self) -> &Path {
         &self.0
     }

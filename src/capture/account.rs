@@ -1762,14 +1762,15 @@ mod tests {
 
     #[test]
     fn captures_listing_and_control_files() {
-        let t = crate::testutil::TempDir::new("capture");
-        for d in ["cur", "new", "tmp"] {
-            fs::create_dir(t.path().join(d)).unwrap();
-        }
-        fs::write(t.path().join("new/1.a"), "x").unwrap();
-        fs::write(t.path().join("cur/2.b:2,S"), "y").unwrap();
-        fs::write(t.path().join("cur/.hidden"), "z").unwrap();
-        fs::write(t.path().join("dovecot-uidlist"), "3 V1 N3\n1 :1.a\n").unwrap();
+        let t = crate::testutil::TempDir::maildir(
+            "capture",
+            &[
+                ("new/1.a", "x"),
+                ("cur/2.b:2,S", "y"),
+                ("cur/.hidden", "z"),
+                ("dovecot-uidlist", "3 V1 N3\n1 :1.a\n"),
+            ],
+        );
         let fd = fs::File::open(t.path()).unwrap();
         let m = capture_mailbox(
             fd.as_fd(),
@@ -1797,14 +1798,15 @@ mod tests {
     #[test]
     fn pins_taken_before_the_lock_are_confirmed_or_dropped() {
         use std::os::unix::fs::MetadataExt;
-        let t = crate::testutil::TempDir::new("prepin");
-        for d in ["cur", "new", "tmp"] {
-            fs::create_dir(t.path().join(d)).unwrap();
-        }
-        fs::write(t.path().join("cur/1.kept:2,S"), "kept").unwrap();
-        fs::write(t.path().join("cur/2.replaced:2,S"), "old").unwrap();
-        fs::write(t.path().join("cur/3.renamed:2,"), "renamed").unwrap();
-        fs::write(t.path().join("new/4.gone"), "gone").unwrap();
+        let t = crate::testutil::TempDir::maildir(
+            "prepin",
+            &[
+                ("cur/1.kept:2,S", "kept"),
+                ("cur/2.replaced:2,S", "old"),
+                ("cur/3.renamed:2,", "renamed"),
+                ("new/4.gone", "gone"),
+            ],
+        );
         let dir = Arc::new(OwnedFd::from(fs::File::open(t.path()).unwrap()));
         let dirs = vec![Opened {
             rel: PathBuf::new(),
@@ -1857,13 +1859,14 @@ mod tests {
     #[test]
     fn a_quiet_mailbox_read_before_its_lock_is_only_confirmed_under_it() {
         use std::io::Write;
-        let t = crate::testutil::TempDir::new("quiet");
-        for d in ["cur", "new", "tmp"] {
-            fs::create_dir(t.path().join(d)).unwrap();
-        }
-        fs::write(t.path().join("cur/1.a:2,S"), "a").unwrap();
-        fs::write(t.path().join("new/2.b"), "b").unwrap();
-        fs::write(t.path().join("dovecot-uidlist"), "3 V1 N3\n1 :1.a\n").unwrap();
+        let t = crate::testutil::TempDir::maildir(
+            "quiet",
+            &[
+                ("cur/1.a:2,S", "a"),
+                ("new/2.b", "b"),
+                ("dovecot-uidlist", "3 V1 N3\n1 :1.a\n"),
+            ],
+        );
         // Left alone long enough that a later change shows in the stamps.
         std::thread::sleep(QUIET + Duration::from_millis(100));
         let dir = Arc::new(OwnedFd::from(fs::File::open(t.path()).unwrap()));
@@ -1932,12 +1935,10 @@ mod tests {
 
     #[test]
     fn every_pin_gives_its_budget_back_when_dropped() {
-        let t = crate::testutil::TempDir::new("pin-budget");
-        for d in ["cur", "new", "tmp"] {
-            fs::create_dir(t.path().join(d)).unwrap();
-        }
-        fs::write(t.path().join("cur/1.a:2,S"), "a").unwrap();
-        fs::write(t.path().join("new/2.b"), "b").unwrap();
+        let t = crate::testutil::TempDir::maildir(
+            "pin-budget",
+            &[("cur/1.a:2,S", "a"), ("new/2.b", "b")],
+        );
         // A FIFO among the messages: listed and pinned (as an `O_PATH` pin: it cannot be
         // opened for reading without blocking), then never served.
         let made = std::process::Command::new("mkfifo")

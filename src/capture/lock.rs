@@ -649,20 +649,24 @@ mod tests {
         assert_eq!(fs::read(&lockfile).unwrap(), b"999999:elsewhere");
     }
 
+    /// Writes a lock at `path` holding `content`, last changed `age` ago.
+    fn plant(path: &Path, content: impl AsRef<[u8]>, age: Duration) {
+        fs::write(path, content).unwrap();
+        let f = fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
+
     #[test]
     fn live_foreign_lock_is_never_overridden() {
         let t = crate::testutil::TempDir::new("lock3");
         let dir = dirfd(t.path());
         let lockfile = t.path().join(UIDLIST_LOCK);
         // pid 1 is alive on every Linux system; make the lock old enough to be checked.
-        fs::write(&lockfile, format!("1:{}", sys::hostname())).unwrap();
-        let old = SystemTime::now() - Duration::from_secs(600);
-        fs::File::options()
-            .write(true)
-            .open(&lockfile)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        plant(
+            &lockfile,
+            format!("1:{}", sys::hostname()),
+            Duration::from_secs(600),
+        );
         assert!(matches!(
             UidlistLock::try_lock(&dir, t.path(), "2:h").unwrap(),
             TryLock::Busy(_)
@@ -676,14 +680,11 @@ mod tests {
         let dir = dirfd(t.path());
         let lockfile = t.path().join(UIDLIST_LOCK);
         // A pid far above pid_max's default cannot exist.
-        fs::write(&lockfile, format!("2147483646:{}", sys::hostname())).unwrap();
-        let old = SystemTime::now() - Duration::from_secs(10);
-        fs::File::options()
-            .write(true)
-            .open(&lockfile)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        plant(
+            &lockfile,
+            format!("2147483646:{}", sys::hostname()),
+            Duration::from_secs(10),
+        );
         let got = UidlistLock::try_lock(&dir, t.path(), &lock_content(None)).unwrap();
         assert!(matches!(got, TryLock::Locked(_)));
     }
