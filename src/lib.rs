@@ -4,12 +4,12 @@
 //!
 //! The data flows one way: **discover** the accounts and mailboxes under SOURCE
 //! ([`mod@maildir::discover`]), **lock** every mailbox of an account at once with Dovecot's
-//! `dovecot-uidlist.lock` ([`capture::lock`]), **capture** control files and the
+//! `dovecot-uidlist.lock` (`capture::lock`), **capture** control files and the
 //! `new/`/`cur/` listings under those locks with a listing check ([`capture::account`]),
-//! **freeze** the rest of the tree into an immutable [`image::snapshot::Snapshot`] after the
-//! locks are released ([`image::freeze`]), hold the accounts' snapshots in a bounded working
-//! set that captures an account when it is first needed ([`image::view`]), and **serve** it
-//! read-only over FUSE ([`serve::fs`], reading bytes through [`serve::source`]).
+//! **freeze** the rest of the tree into an immutable `image::snapshot::Snapshot` after the
+//! locks are released (`image::freeze`), hold the accounts' snapshots in a bounded working
+//! set that captures an account when it is first needed (`image::view`), and **serve** it
+//! read-only over FUSE (`serve::fs`, reading bytes through `serve::source`).
 //!
 //! # Layout
 //! One folder a stage, in the order the data flows; a module uses only the stages above it
@@ -30,18 +30,22 @@
 //!   (`mount`), its summary and report (`summary`, `report`), detaching (`daemon`), state
 //!   files (`runtime`), `status`, `umount`, `verify`, log sinks (`logging`).
 //! - `error.rs`: the error type, which carries the path; `sys.rs`: the only `unsafe`.
+//!
+//! Public are what the binary, the integration tests and the benchmarks call: `admin` (the
+//! commands), `capture` and `maildir` (the Dovecot tests capture accounts directly), `sys`
+//! and `error`; `image` and `serve`, and each stage's internals, are private to the crate.
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod capture;
 pub mod error;
-pub mod image;
+pub(crate) mod image;
 pub mod maildir;
-pub mod serve;
+pub(crate) mod serve;
 pub mod sys;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use admin::options::MountOptions;
 pub use error::{Error, Result};

@@ -5,13 +5,13 @@
 //! Stands on every stage above it; nothing above imports from here.
 
 pub mod cli;
-pub mod daemon;
-pub mod logging;
+pub(crate) mod daemon;
+pub(crate) mod logging;
 pub mod mount;
 pub mod options;
 pub mod report;
-pub mod runtime;
+pub(crate) mod runtime;
 pub mod status;
-pub mod summary;
+pub(crate) mod summary;
 pub mod umount;
 pub mod verify;

@@ -11,11 +11,11 @@
 //! them. A listing that never settles keeps the union of base names seen.
 //!
 //! The costly parts, listing (about 1 µs an entry on ext4) and opening a pin per file, are done
-//! *before* the locks are taken ([`prepin`]; it warms the caches too), with the listing check,
+//! *before* the locks are taken (`prepin`; it warms the caches too), with the listing check,
 //! and the control files are read then. Under the locks, a mailbox whose `new/` and `cur/`
 //! have the same stamps as when they were listed, and whose control files are the same files
 //! with the same stamps, is taken as read: a change since shows in a ctime, given that none
-//! had changed for [`QUIET`] before the read began (file times lag the clock by a tick) and
+//! had changed for `QUIET` before the read began (file times lag the clock by a tick) and
 //! the filesystem is local. A mailbox that changed is listed again under the locks: each
 //! listed (name, inode) is confirmed against its pre-pin, only names that are new get a pin,
 //! and a pre-pin whose name is gone or names another inode now is dropped. So the locks are

@@ -7,10 +7,10 @@
 //! nothing of the image or of FUSE.
 
 pub mod account;
-pub mod control_tree;
-pub mod lock;
+pub(crate) mod control_tree;
+pub(crate) mod lock;
 pub mod pin;
 pub mod watch;
-pub mod workers;
+pub(crate) mod workers;
 
 pub use account::*;

@@ -163,11 +163,6 @@ impl Template {
         &self.text
     }
 
-    /// Whether the template begins with the user's home rather than an absolute path.
-    pub fn from_home(&self) -> bool {
-        self.parts.first() == Some(&Part::Home)
-    }
-
     /// The directory the template names for every account alike: its text before the first
     /// variable, up to the last `/` (e.g. `/var/vmail/control` of `/var/vmail/control/%d/%n`).
     /// `None` for a template that begins with the home.

@@ -4,11 +4,11 @@
 //! `filename` and `names` are pure functions over bytes and never touch the disk; `discover`
 //! reads directories (and nothing else) to find the accounts.
 
-pub mod control;
+pub(crate) mod control;
 pub mod discover;
 pub mod filename;
-pub mod names;
-pub mod select;
+pub(crate) mod names;
+pub(crate) mod select;
 pub mod uidlist;
 
 pub use discover::{Account, Discovery, discover, discover_account};

@@ -213,7 +213,8 @@ impl ReadAhead {
         }
     }
 
-    /// Whether nothing is queued or being read.
+    /// Whether nothing is queued or being read (tests wait for it).
+    #[cfg(test)]
     pub fn idle(&self) -> bool {
         let st = self.shared.state.lock();
         st.queue.is_empty() && st.bytes == 0
