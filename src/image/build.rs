@@ -587,3 +587,236 @@ impl Capturer for OnDemand {
         Ok(image)
     }
 }
+
+/// Helpers for the image's tests (this module's, freeze's and view's): Maildir trees written
+/// under a [`crate::testutil::TempDir`], and views built from them as a mount builds them.
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::image::snapshot::{Kind, NodeIdx, Snapshot};
+    use crate::testutil::TempDir;
+    use std::fs;
+
+    /// Writes a mailbox at `dir` (its `cur/`, `new/` and `tmp/`) holding `cur` messages in
+    /// `cur/` and `new` in `new/`; returns their names, sorted, as the image lists them.
+    pub(in crate::image) fn mailbox(dir: &Path, cur: usize, new: usize) -> [Vec<String>; 2] {
+        for sub in ["cur", "new", "tmp"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        // Base names unique across both, as Dovecot keeps them (P7 in cur/, P8 in new/).
+        let write = |sub: &str, n: usize, pid: u32, flags: &str| {
+            let mut names: Vec<String> = (0..n)
+                .map(|i| {
+                    let name = format!("{}.M{i}P{pid}.host{flags}", 1_700_000_000 + i);
+                    let body = format!("Subject: {sub} {i}\n\n{}\n", "x".repeat(i * 10));
+                    fs::write(dir.join(sub).join(&name), body).unwrap();
+                    name
+                })
+                .collect();
+            names.sort();
+            names
+        };
+        [write("cur", cur, 7, ":2,S"), write("new", new, 8, "")]
+    }
+
+    pub(in crate::image) fn open(src: &Path) -> OwnedFd {
+        OwnedFd::from(fs::File::open(src).unwrap())
+    }
+
+    /// Builds the view of `src` as `plan` says.
+    pub(in crate::image) fn build_with(src: &Path, plan: &Plan) -> Result<Captured> {
+        build(&open(src), src, plan, &Arc::default())
+    }
+
+    /// The whole tree captured at mount, as one snapshot (the view's skeleton).
+    pub(in crate::image) fn at_mount(src: &Path) -> Captured {
+        let plan = Plan {
+            on_demand: false,
+            ..Plan::new()
+        };
+        build_with(src, &plan).unwrap()
+    }
+
+    /// The node at `path` (components joined by `/`) in one snapshot.
+    pub(in crate::image) fn find(s: &Snapshot, path: &str) -> Option<NodeIdx> {
+        path.split('/')
+            .filter(|c| !c.is_empty())
+            .try_fold(NodeIdx::ROOT, |dir, c| s.lookup(dir, c.as_bytes()))
+    }
+
+    /// The node at `path` in the view, going into an account's own snapshot (captured now if
+    /// it is not yet) where the skeleton defers a directory to it.
+    pub(in crate::image) fn in_view(v: &Arc<View>, path: &str) -> Option<(Arc<Snapshot>, NodeIdx)> {
+        let mut at = (Arc::clone(v.skeleton()), NodeIdx::ROOT);
+        for c in path.split('/').filter(|c| !c.is_empty()) {
+            at.1 = at.0.lookup(at.1, c.as_bytes())?;
+            if let Some(id) =
+                at.0.deferred(at.1)
+                    .filter(|_| Arc::ptr_eq(&at.0, v.skeleton()))
+            {
+                at = (v.account(id).ok()?, NodeIdx::ROOT);
+            }
+        }
+        Some(at)
+    }
+
+    /// The names a directory node lists, in order.
+    pub(in crate::image) fn listing(s: &Snapshot, dir: NodeIdx) -> Vec<String> {
+        s.children(dir)
+            .map(|c| String::from_utf8(s.name(NodeIdx(c)).to_vec()).unwrap())
+            .collect()
+    }
+
+    /// Every path of the view below `path`, with its kind and size, going into accounts.
+    fn tree(v: &Arc<View>, path: &str, out: &mut Vec<(String, String, u64)>) {
+        let (s, dir) = in_view(v, path).unwrap();
+        for name in listing(&s, dir) {
+            let child = format!("{path}/{name}");
+            let (s, idx) = in_view(v, &child).unwrap();
+            let n = s.node(idx);
+            let kind = match n.kind {
+                Kind::Dir { .. } => "dir".to_owned(),
+                k => format!("{k:?}"),
+            };
+            out.push((child.clone(), kind, n.attr.size));
+            if matches!(n.kind, Kind::Dir { .. }) {
+                tree(v, &child, out);
+            }
+        }
+    }
+
+    /// A store of two domains, three accounts, Maildir++ folders and files beside them.
+    fn store(t: &TempDir) -> PathBuf {
+        let src = t.path().join("src");
+        mailbox(&src.join("a.org/alice/Maildir"), 3, 1);
+        mailbox(&src.join("a.org/alice/Maildir/.Sent"), 2, 0);
+        mailbox(&src.join("a.org/bob/Maildir"), 1, 2);
+        mailbox(&src.join("b.org/carol/Maildir"), 4, 0);
+        fs::write(src.join("a.org/alice/Maildir/dovecot-uidlist"), "3 V1 N5\n").unwrap();
+        fs::write(src.join("a.org/alice/.forward"), "alice@elsewhere\n").unwrap();
+        fs::write(src.join("a.org/aliases"), "postmaster: alice\n").unwrap();
+        src
+    }
+
+    #[test]
+    fn a_tree_with_no_maildir_is_nothing_to_capture_naming_the_path() {
+        let t = TempDir::new("build-empty");
+        fs::create_dir_all(t.path().join("a.org/alice/mail")).unwrap();
+        fs::write(t.path().join("a.org/alice/notes"), "no mail here").unwrap();
+        for on_demand in [true, false] {
+            let plan = Plan {
+                on_demand,
+                ..Plan::new()
+            };
+            let e = build_with(t.path(), &plan).err().unwrap().to_string();
+            assert!(e.starts_with("nothing to capture: "), "{e}");
+            assert!(e.contains(&*t.path().to_string_lossy()), "{e}");
+            assert!(
+                e.contains("holds no Maildir (no directory with cur/ and new/)"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_selection_that_leaves_no_maildir_is_nothing_to_capture_and_says_why() {
+        let t = TempDir::new("build-unselected");
+        let src = store(&t);
+        let mut plan = Plan::new();
+        plan.selection.include("c.org/*").unwrap();
+        let e = build_with(&src, &plan).err().unwrap().to_string();
+        assert!(e.starts_with("nothing to capture: "), "{e}");
+        assert!(
+            e.ends_with("holds no Maildir that --include/--exclude select"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unselected_accounts_are_left_out_of_the_view() {
+        let t = TempDir::new("build-selected");
+        let src = store(&t);
+        let mut plan = Plan::new();
+        plan.selection.include("a.org/*").unwrap();
+        plan.selection.exclude("a.org/bob").unwrap();
+        let c = build_with(&src, &plan).unwrap();
+        assert!(c.selected);
+        assert_eq!(c.totals.accounts, 1);
+        assert_eq!(c.view.counts().accounts, 1);
+        let s = c.view.skeleton();
+        assert_eq!(listing(s, NodeIdx::ROOT), ["a.org"]);
+        // What `a.org/*` matches but for the excluded account: the files beside the accounts too.
+        assert_eq!(listing(s, find(s, "a.org").unwrap()), ["aliases", "alice"]);
+        let (inbox, cur) = in_view(&c.view, "a.org/alice/Maildir/cur").unwrap();
+        assert_eq!(inbox.children(cur).len(), 3);
+    }
+
+    #[test]
+    fn at_mount_and_on_demand_show_the_same_tree() {
+        let t = TempDir::new("build-same");
+        let src = store(&t);
+        let mut whole = Vec::new();
+        tree(&at_mount(&src).view, "", &mut whole);
+        let on_demand = build_with(&src, &Plan::new()).unwrap();
+        let mut parts = Vec::new();
+        tree(&on_demand.view, "", &mut parts);
+        assert_eq!(whole, parts);
+        // What the tree is: every account, its folders and the files beside them.
+        let paths: Vec<&str> = whole.iter().map(|(p, ..)| p.as_str()).collect();
+        for p in [
+            "/a.org/aliases",
+            "/a.org/alice/.forward",
+            "/a.org/alice/Maildir/.Sent/cur",
+            "/a.org/alice/Maildir/dovecot-uidlist",
+            "/a.org/bob/Maildir/new",
+            "/b.org/carol/Maildir/tmp",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn a_later_capture_keeps_the_longest_hold_and_the_bad_news() {
+        let hold = |us: u64, messages: u64, locked: bool, stalled: bool| AccountHold {
+            account: "a.org/alice/Maildir".to_owned(),
+            lock_hold_us: us,
+            pinning_us: us / 2,
+            messages,
+            locked,
+            stalled,
+            captures: 1,
+        };
+        let mut h = hold(100, 5, true, false);
+        // Shorter: only the count and the bad news are taken from it.
+        h.combine(hold(50, 7, false, false));
+        assert_eq!((h.lock_hold_us, h.messages, h.captures), (100, 5, 2));
+        assert!(!h.locked, "one capture without its locks is not hidden");
+        // Longer, locked: its hold and messages, but still not locked throughout.
+        h.combine(hold(300, 9, true, true));
+        assert_eq!((h.lock_hold_us, h.pinning_us, h.messages), (300, 150, 9));
+        assert_eq!(h.captures, 3);
+        assert!(!h.locked && h.stalled);
+    }
+
+    #[test]
+    fn later_holds_merge_into_the_holds_at_mount_by_account() {
+        let hold = |account: &str, us: u64| AccountHold {
+            account: account.to_owned(),
+            lock_hold_us: us,
+            locked: true,
+            captures: 1,
+            ..AccountHold::default()
+        };
+        let later = LaterHolds::default();
+        later.record(2, hold("c", 10));
+        later.record(0, hold("a", 70));
+        later.record(0, hold("a", 20));
+        let merged = later.merged(&[hold("a", 40), hold("b", 5)]);
+        let got: Vec<(&str, u64, u64)> = merged
+            .iter()
+            .map(|h| (h.account.as_str(), h.lock_hold_us, h.captures))
+            .collect();
+        // Each account once, in order: the ones at mount first, then later ones by number.
+        assert_eq!(got, [("a", 70, 3), ("b", 5, 1), ("c", 10, 1)]);
+    }
+}

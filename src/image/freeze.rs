@@ -1099,6 +1099,10 @@ fn stamp(sec: i64, nsec: i64) -> Stamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::build::Plan;
+    use crate::image::build::tests::{at_mount, build_with, find, in_view, listing, mailbox};
+    use crate::image::snapshot::{Content, Kind};
+    use crate::testutil::TempDir;
     use std::fs;
 
     thread_local! {
@@ -1121,6 +1125,308 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// The inline bytes of a node (a control file read under the lock, a symlink's target).
+    fn inline(s: &Snapshot, idx: NodeIdx) -> Vec<u8> {
+        match s.node(idx).kind {
+            Kind::File(Content::Inline(i)) | Kind::Symlink(i) => s.inline(i).to_vec(),
+            k => panic!("{k:?} holds no bytes"),
+        }
+    }
+
+    /// The skeleton walk of `src`: the tree outside the accounts, and the accounts' roots.
+    fn skeleton(src: &Path) -> (Snapshot, Vec<PathBuf>) {
+        let root = fs::File::open(src).unwrap();
+        let budget = PinBudget::fixed(100);
+        let (snap, report) = freeze(
+            root.as_fd(),
+            src,
+            Scope::Skeleton,
+            Vec::new(),
+            &[],
+            false,
+            &Selection::default(),
+            &budget,
+        )
+        .unwrap();
+        (snap, report.accounts)
+    }
+
+    #[test]
+    fn cur_and_new_are_shown_as_listed_and_tmp_is_shown_empty() {
+        let t = TempDir::new("freeze-listed");
+        let mb = t.path().join("u/Maildir");
+        let [cur, new] = mailbox(&mb, 3, 2);
+        fs::write(mb.join("tmp/1700000099.M9P9.host"), "half delivered").unwrap();
+        let c = at_mount(t.path());
+        let s = c.view.skeleton();
+        assert_eq!(listing(s, find(s, "u/Maildir/cur").unwrap()), cur);
+        assert_eq!(listing(s, find(s, "u/Maildir/new").unwrap()), new);
+        let tmp = find(s, "u/Maildir/tmp").unwrap();
+        assert!(matches!(s.node(tmp).kind, Kind::Dir { .. }));
+        assert!(listing(s, tmp).is_empty());
+        let m = find(s, &format!("u/Maildir/cur/{}", cur[0])).unwrap();
+        assert_eq!(s.node(m).kind, Kind::File(Content::Message));
+    }
+
+    #[test]
+    fn a_mailbox_without_tmp_is_shown_with_an_empty_one() {
+        let t = TempDir::new("freeze-no-tmp");
+        let mb = t.path().join("u/Maildir");
+        mailbox(&mb, 1, 0);
+        fs::remove_dir(mb.join("tmp")).unwrap();
+        let c = at_mount(t.path());
+        let s = c.view.skeleton();
+        let tmp = find(s, "u/Maildir/tmp").expect("a tmp/ in the image");
+        assert!(listing(s, tmp).is_empty());
+        assert!(s.node(tmp).attr.ino.0 >= crate::image::snapshot::SYNTHETIC_INO);
+        assert!(!mb.join("tmp").exists(), "SOURCE is not changed");
+    }
+
+    #[test]
+    fn lock_and_temp_files_are_hidden() {
+        let t = TempDir::new("freeze-hidden");
+        let mb = t.path().join("u/Maildir");
+        mailbox(&mb, 1, 0);
+        let hidden = [
+            "dovecot-uidlist.lock",
+            "dovecot-keywords.lock",
+            "dovecot.index.log.newlock",
+            "dovecot-uidlist.tmp",
+            "mailboxes.lock0123abcd",
+            "temp.host.4242.5f3a",
+            ".temp.host.4242.5f3a",
+            ".nfs000000000001",
+            "maildirsize.host.4242.ab",
+        ];
+        let shown = ["maildirsize", "notes.lockfile", "dovecot.index"];
+        for name in hidden.iter().chain(&shown) {
+            fs::write(mb.join(name), name).unwrap();
+        }
+        fs::write(t.path().join("u/procmail.lock"), "").unwrap();
+        // A planted uidlist lock would hold a locked capture up: this one runs without locks.
+        let mut plan = Plan::new();
+        plan.on_demand = false;
+        plan.policy.no_lock = true;
+        let c = build_with(t.path(), &plan).unwrap();
+        let s = c.view.skeleton();
+        let mut expected: Vec<&str> = ["cur", "new", "tmp"]
+            .iter()
+            .chain(&shown)
+            .copied()
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(listing(s, find(s, "u/Maildir").unwrap()), expected);
+        assert_eq!(listing(s, find(s, "u").unwrap()), ["Maildir"]);
+        assert!(
+            mb.join("dovecot-uidlist.lock").exists(),
+            "not ours to remove"
+        );
+    }
+
+    #[test]
+    fn control_files_are_served_as_the_bytes_read_under_the_lock() {
+        let t = TempDir::new("freeze-control");
+        let mb = t.path().join("u/Maildir");
+        mailbox(&mb, 2, 0);
+        let files: [(&str, &[u8]); 3] = [
+            (
+                "dovecot-uidlist",
+                b"3 V1700000000 N3 G0123\n1 :1700000000.M0P7.host\n",
+            ),
+            ("dovecot-keywords", b"0 $Junk\n1 $Forwarded\n"),
+            ("subscriptions", b"V\t2\n\nSent\n"),
+        ];
+        for (name, bytes) in files {
+            fs::write(mb.join(name), bytes).unwrap();
+        }
+        let c = at_mount(t.path());
+        // Dovecot rewrites them once the lock is gone: the image keeps what was read.
+        for (name, _) in files {
+            fs::write(mb.join(name), "rewritten after the capture, and longer\n").unwrap();
+        }
+        let s = c.view.skeleton();
+        for (name, bytes) in files {
+            let f = find(s, &format!("u/Maildir/{name}")).unwrap();
+            assert_eq!(inline(s, f), bytes, "{name}");
+            assert_eq!(s.node(f).attr.size, bytes.len() as u64, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_symlink_is_shown_with_its_target_and_never_followed() {
+        let t = TempDir::new("freeze-symlink");
+        let src = t.path().join("src");
+        mailbox(&src.join("u/Maildir"), 1, 0);
+        fs::create_dir_all(t.path().join("outside")).unwrap();
+        fs::write(t.path().join("outside/secret"), "not in SOURCE").unwrap();
+        let target = t.path().join("outside");
+        std::os::unix::fs::symlink(&target, src.join("u/Maildir/shared")).unwrap();
+        std::os::unix::fs::symlink("Maildir", src.join("u/mail")).unwrap();
+        std::os::unix::fs::symlink("nowhere", src.join("u/dangling")).unwrap();
+        let c = at_mount(&src);
+        let s = c.view.skeleton();
+        for (path, to) in [
+            ("u/Maildir/shared", target.as_os_str().as_bytes()),
+            ("u/mail", b"Maildir"),
+            ("u/dangling", b"nowhere"),
+        ] {
+            let l = find(s, path).unwrap();
+            assert!(matches!(s.node(l).kind, Kind::Symlink(_)), "{path}");
+            assert_eq!(inline(s, l), to, "{path}");
+        }
+        let names: Vec<&[u8]> = (0..s.len() as u32).map(|i| s.name(NodeIdx(i))).collect();
+        assert!(!names.contains(&&b"secret"[..]), "a symlink was followed");
+        assert_eq!(c.totals.mailboxes, 1, "u/mail is not a second mailbox");
+    }
+
+    #[test]
+    fn a_fifo_is_left_out_and_counted() {
+        let t = TempDir::new("freeze-fifo");
+        let mb = t.path().join("u/Maildir");
+        mailbox(&mb, 1, 0);
+        let fifos = [
+            mb.join("pipe"),
+            mb.join("cur/1700000050.M1P1.host:2,S"),
+            t.path().join("u/.mailfilter.fifo"),
+        ];
+        for fifo in &fifos {
+            let made = std::process::Command::new("mkfifo").arg(fifo).status();
+            assert!(made.unwrap().success());
+        }
+        let c = at_mount(t.path());
+        let s = c.view.skeleton();
+        assert_eq!(c.report.special_files, 3);
+        assert!(find(s, "u/Maildir/pipe").is_none());
+        assert_eq!(s.children(find(s, "u/Maildir/cur").unwrap()).len(), 1);
+        assert_eq!(c.totals.messages, 1);
+        assert_eq!(listing(s, find(s, "u").unwrap()), ["Maildir"]);
+    }
+
+    #[test]
+    fn exclude_indexes_leaves_dovecot_index_files_out() {
+        let t = TempDir::new("freeze-indexes");
+        let mb = t.path().join("u/Maildir");
+        mailbox(&mb, 1, 0);
+        let indexes = [
+            "dovecot.index",
+            "dovecot.index.cache",
+            "dovecot.index.log",
+            "dovecot.list.index.log",
+            "dovecot.mailbox.log",
+        ];
+        for name in indexes {
+            fs::write(mb.join(name), "index").unwrap();
+        }
+        fs::write(mb.join("dovecot-uidlist"), "3 V1 N2\n").unwrap();
+        let image = |exclude_indexes: bool| {
+            let plan = Plan {
+                on_demand: false,
+                exclude_indexes,
+                ..Plan::new()
+            };
+            let c = build_with(t.path(), &plan).unwrap();
+            let s = c.view.skeleton();
+            listing(s, find(s, "u/Maildir").unwrap())
+        };
+        let all = image(false);
+        let without = image(true);
+        for name in indexes {
+            assert!(all.iter().any(|n| n == name), "{name} missing: {all:?}");
+        }
+        assert_eq!(without, ["cur", "dovecot-uidlist", "new", "tmp"]);
+    }
+
+    #[test]
+    fn a_message_removed_after_capture_is_still_in_the_image() {
+        let t = TempDir::new("freeze-pinned");
+        let mb = t.path().join("u/Maildir");
+        let [cur, _] = mailbox(&mb, 2, 0);
+        let c = at_mount(t.path());
+        let path = mb.join("cur").join(&cur[1]);
+        let size = fs::metadata(&path).unwrap().len();
+        // Expunged once the capture is over.
+        fs::remove_file(&path).unwrap();
+        let s = c.view.skeleton();
+        let m = find(s, &format!("u/Maildir/cur/{}", cur[1])).unwrap();
+        assert_eq!(s.node(m).attr.size, size);
+        let pin = s.pin(m).expect("the message is pinned");
+        let st = sys::fstat(pin).unwrap();
+        assert_eq!((st.st_ino, st.st_size as u64), (s.node(m).attr.ino.0, size));
+        assert_eq!(st.st_nlink, 0, "the pin holds the removed file");
+        assert_eq!(c.report.vanished, 0);
+    }
+
+    #[test]
+    fn totals_count_accounts_mailboxes_messages_and_bytes() {
+        let t = TempDir::new("freeze-totals");
+        let src = t.path();
+        mailbox(&src.join("a/Maildir"), 2, 1);
+        mailbox(&src.join("a/Maildir/.Sent"), 1, 0);
+        mailbox(&src.join("b/Maildir"), 3, 0);
+        fs::write(src.join("README"), "0123456789").unwrap();
+        let messages: u64 = ["a/Maildir", "a/Maildir/.Sent", "b/Maildir"]
+            .iter()
+            .flat_map(|mb| ["cur", "new"].map(|sub| src.join(mb).join(sub)))
+            .flat_map(|d| fs::read_dir(d).unwrap())
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        let c = at_mount(src);
+        let totals = &c.view.skeleton().totals;
+        assert_eq!(
+            (totals.accounts, totals.mailboxes, totals.messages),
+            (2, 3, 7)
+        );
+        assert_eq!(totals.bytes, messages + 10);
+        assert_eq!((totals.pinned, totals.unpinned), (8, 0));
+    }
+
+    #[test]
+    fn maildir_plus_plus_folders_belong_to_their_account() {
+        let t = TempDir::new("freeze-folders");
+        for mb in ["u/Maildir", "u/Maildir/.Sent", "u/Maildir/.Archive.2024"] {
+            mailbox(&t.path().join(mb), 1, 0);
+        }
+        let (snap, accounts) = skeleton(t.path());
+        assert_eq!(accounts, [PathBuf::from("u/Maildir")]);
+        let dir = find(&snap, "u/Maildir").unwrap();
+        assert_eq!(snap.deferred(dir), Some(0));
+        assert!(
+            listing(&snap, dir).is_empty(),
+            "left to the account's snapshot"
+        );
+        // The account's own snapshot holds the folders, as mailboxes of the one account.
+        let c = build_with(t.path(), &Plan::new()).unwrap();
+        let (account, root) = in_view(&c.view, "u/Maildir").unwrap();
+        let boxes: Vec<PathBuf> = account
+            .account_mailboxes(root)
+            .into_iter()
+            .map(|m| account.rel_path(m))
+            .collect();
+        assert_eq!(boxes.len(), 3, "{boxes:?}");
+        for f in ["u/Maildir/.Sent", "u/Maildir/.Archive.2024"] {
+            assert!(boxes.contains(&PathBuf::from(f)), "{f} in {boxes:?}");
+        }
+        assert_eq!((c.totals.accounts, c.totals.mailboxes), (1, 3));
+    }
+
+    #[test]
+    fn a_directory_holding_an_inbox_folder_is_one_account() {
+        let t = TempDir::new("freeze-inbox");
+        mailbox(&t.path().join("u/Maildir/.INBOX"), 2, 0);
+        mailbox(&t.path().join("u/Maildir/.Sent"), 1, 0);
+        fs::write(t.path().join("u/Maildir/subscriptions"), "V\t2\n\nSent\n").unwrap();
+        let (_, accounts) = skeleton(t.path());
+        assert_eq!(accounts, [PathBuf::from("u/Maildir")]);
+        let c = build_with(t.path(), &Plan::new()).unwrap();
+        let (account, root) = in_view(&c.view, "u/Maildir").unwrap();
+        assert_eq!(
+            listing(&account, root),
+            [".INBOX", ".Sent", "subscriptions"]
+        );
+        assert_eq!((c.totals.accounts, c.totals.mailboxes), (1, 2));
+        assert_eq!(c.view.counts().accounts, 1);
     }
 
     #[test]

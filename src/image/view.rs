@@ -706,8 +706,13 @@ impl std::fmt::Debug for View {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::build::Plan;
+    use crate::image::build::tests::{build_with, find, in_view, mailbox};
     use crate::image::snapshot::{Attr, Builder, NewContent, NewKind, NewNode, Stamp, Totals};
+    use crate::testutil::TempDir;
+    use std::io::Write;
     use std::os::fd::AsFd;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn attr(ino: u64, size: u64, mtime: i64) -> Attr {
         let t = Stamp {
@@ -845,6 +850,242 @@ mod tests {
         for c in snap.children(NodeIdx::ROOT) {
             snap.mark_read(NodeIdx(c));
         }
+    }
+
+    /// Two accounts, `a/Maildir` and `b/Maildir`, of `n` messages each in `cur/`.
+    fn two_accounts(t: &TempDir, n: usize) -> [Vec<String>; 2] {
+        ["a", "b"].map(|u| mailbox(&t.path().join(u).join("Maildir"), n, 0)[0].clone())
+    }
+
+    /// The view of `src` with a working set of 5 pins: an account of 40 messages fills it,
+    /// so the first is captured at mount and the second is left for when it is first needed.
+    fn small_working_set(src: &Path) -> crate::image::build::Captured {
+        let plan = Plan {
+            working_set: Some(5),
+            ..Plan::new()
+        };
+        build_with(src, &plan).unwrap()
+    }
+
+    /// The account whose directory is at `path` in the skeleton.
+    fn account_at(v: &View, path: &str) -> (NodeIdx, AccountId) {
+        let dir = find(v.skeleton(), path).unwrap();
+        (dir, v.skeleton().deferred(dir).unwrap())
+    }
+
+    #[test]
+    fn a_name_looked_up_and_its_node_id_name_the_same_node() {
+        let t = TempDir::new("view-lookup");
+        let [a, b] = two_accounts(&t, 3);
+        let c = build_with(t.path(), &Plan::new()).unwrap();
+        let v = &c.view;
+        for path in a
+            .iter()
+            .map(|m| format!("a/Maildir/cur/{m}"))
+            .chain(b.iter().map(|m| format!("b/Maildir/cur/{m}")))
+        {
+            let (snap, idx) = in_view(v, &path).unwrap();
+            let ino = snap.ino_of(idx);
+            assert_eq!(
+                ino.0,
+                std::fs::metadata(t.path().join(&path)).unwrap().ino()
+            );
+            let at = v.node(ino).unwrap();
+            assert!(Arc::ptr_eq(&at.snap, &snap), "{path}");
+            assert_eq!(at.idx, idx, "{path}");
+        }
+        // An account's directory is the skeleton's; its root's parent is the skeleton's too.
+        let maildir = std::fs::metadata(t.path().join("a/Maildir")).unwrap().ino();
+        let dir = v.node(Ino(maildir)).unwrap();
+        assert!(Arc::ptr_eq(&dir.snap, v.skeleton()));
+        let (account, root) = in_view(v, "a/Maildir").unwrap();
+        assert_eq!(account.ino_of(root), Ino(maildir));
+        let root = At {
+            snap: account,
+            idx: root,
+        };
+        let a_dir = std::fs::metadata(t.path().join("a")).unwrap().ino();
+        assert_eq!(v.parent_ino(&root), Ino(a_dir));
+        assert_eq!(v.node(Ino(u64::MAX / 4)).unwrap_err(), libc::ESTALE);
+    }
+
+    #[test]
+    fn a_node_keeps_its_captured_attributes_after_the_source_file_changes() {
+        let t = TempDir::new("view-attrs");
+        let [a, _] = two_accounts(&t, 2);
+        let path = t.path().join("a/Maildir/cur").join(&a[1]);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let before = std::fs::metadata(&path).unwrap();
+        let c = build_with(t.path(), &Plan::new()).unwrap();
+        // Changed in SOURCE after the capture: longer, another mode, another mtime.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let past = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        let (snap, idx) = in_view(&c.view, &format!("a/Maildir/cur/{}", a[1])).unwrap();
+        let at = c.view.shown(At { snap, idx });
+        let attr = at.snap.node(at.idx).attr;
+        assert_eq!(attr.size, before.len());
+        assert_eq!(u32::from(attr.perm), before.mode() & 0o7777);
+        assert_eq!(
+            (attr.mtime().sec, i64::from(attr.mtime().nsec)),
+            (before.mtime(), before.mtime_nsec())
+        );
+        assert_ne!(attr.size, std::fs::metadata(&path).unwrap().len());
+    }
+
+    #[test]
+    fn an_account_directory_is_shown_as_its_capture_saw_it_once_captured() {
+        let t = TempDir::new("view-shown");
+        two_accounts(&t, 40);
+        let c = small_working_set(t.path());
+        let v = &c.view;
+        let (dir, id) = account_at(v, "b/Maildir");
+        let skeleton = At {
+            snap: Arc::clone(v.skeleton()),
+            idx: dir,
+        };
+        // Not captured yet: the skeleton's own node.
+        let shown = v.shown(skeleton.clone());
+        assert!(Arc::ptr_eq(&shown.snap, v.skeleton()) && shown.idx == dir);
+        let account = v.account(id).unwrap();
+        let shown = v.shown(skeleton);
+        assert!(Arc::ptr_eq(&shown.snap, &account));
+        assert_eq!(shown.idx, NodeIdx::ROOT);
+        assert_eq!(account.ino_of(NodeIdx::ROOT), v.skeleton().ino_of(dir));
+    }
+
+    #[test]
+    fn an_account_beyond_the_working_set_is_captured_when_first_needed() {
+        let t = TempDir::new("view-on-demand");
+        let [_, b] = two_accounts(&t, 40);
+        let c = small_working_set(t.path());
+        assert_eq!((c.accounts.len(), c.on_demand), (1, 1));
+        let v = &c.view;
+        let n = v.counts();
+        assert_eq!((n.accounts, n.captured, n.never, n.held), (2, 1, 1, 1));
+        let (_, id) = account_at(v, "b/Maildir");
+        let first = b[0].as_bytes();
+        assert!(
+            v.node(Ino(std::fs::metadata(
+                t.path().join("b/Maildir/cur").join(&b[0])
+            )
+            .unwrap()
+            .ino()))
+                .is_err()
+        );
+        let snap = v.account(id).unwrap();
+        assert_eq!(snap.epoch, 1);
+        // Every message is listed, though the working set could pin few of them.
+        let cur = snap.lookup(NodeIdx::ROOT, b"cur").unwrap();
+        assert_eq!(snap.children(cur).len(), 40);
+        assert!(snap.lookup(cur, first).is_some());
+        let n = v.counts();
+        assert_eq!((n.captured, n.never, n.failed), (2, 0, 0));
+        let holds = c.later.merged(&[]);
+        assert_eq!(holds.len(), 1);
+        let h = &holds[0];
+        assert_eq!(
+            (h.account.as_str(), h.messages, h.captures),
+            ("b/Maildir", 40, 1)
+        );
+        assert!(h.locked);
+    }
+
+    #[test]
+    fn an_evicted_account_is_told_and_captured_again_at_a_new_epoch() {
+        let t = TempDir::new("view-evicted");
+        let [a, _] = two_accounts(&t, 40);
+        let c = small_working_set(t.path());
+        let v = &c.view;
+        let evicted = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&evicted);
+        v.on_evict(Box::new(move |e| seen.lock().push(e)));
+        let (a_dir, a_id) = account_at(v, "a/Maildir");
+        let (_, b_id) = account_at(v, "b/Maildir");
+        // Account a, captured at mount, is read through: the first to go when b needs room.
+        let snap = v.account(a_id).unwrap();
+        for i in 0..snap.len() as u32 {
+            snap.mark_read(NodeIdx(i));
+        }
+        let message = snap.ino_of(
+            snap.lookup(snap.lookup(NodeIdx::ROOT, b"cur").unwrap(), a[0].as_bytes())
+                .unwrap(),
+        );
+        drop(snap);
+        v.account(b_id).unwrap();
+        let ino = |p: &str| Ino(std::fs::metadata(t.path().join(p)).unwrap().ino());
+        assert_eq!(
+            evicted.lock().first(),
+            Some(&Evicted {
+                dir: v.skeleton().ino_of(a_dir),
+                parent: ino("a"),
+                name: b"Maildir".to_vec(),
+            })
+        );
+        assert_eq!(v.skeleton().ino_of(a_dir), ino("a/Maildir"));
+        assert_eq!(v.node(message).unwrap_err(), libc::ESTALE);
+        // Needed again: captured again, at a new instant, and its files served again.
+        let again = v.account(a_id).unwrap();
+        assert_eq!(again.epoch, 2);
+        assert!(Arc::ptr_eq(&v.node(message).unwrap().snap, &again));
+        let n = v.counts();
+        assert_eq!((n.captured, n.recaptured), (2, 1));
+        assert!(n.evictions >= 1);
+    }
+
+    #[test]
+    fn the_least_recently_used_account_leaves_first() {
+        let (v, _) = view(5, 2, 4, Duration::ZERO, stable);
+        let evicted = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&evicted);
+        v.on_evict(Box::new(move |e| seen.lock().push(e.dir)));
+        // Two accounts fill the budget; each one more sends the oldest out.
+        for id in 0..4 {
+            v.account(id).unwrap();
+        }
+        assert_eq!(*evicted.lock(), [Ino(100), Ino(101)]);
+        assert!(v.ready(0).is_none() && v.ready(1).is_none());
+        assert!(v.ready(2).is_some() && v.ready(3).is_some());
+        let n = v.counts();
+        assert_eq!((n.captured, n.evictions, n.held), (4, 2, 2));
+    }
+
+    #[test]
+    fn an_account_read_to_its_end_leaves_before_one_used_less_recently() {
+        let (v, _) = view(4, 2, 4, Duration::ZERO, stable);
+        v.account(0).unwrap();
+        let a1 = v.account(1).unwrap();
+        read_all(&a1);
+        drop(a1);
+        v.account(2).unwrap();
+        assert!(
+            v.ready(0).is_some(),
+            "the least recently used, not read through, stays"
+        );
+        assert!(v.ready(1).is_none());
+        assert_eq!(v.counts().evictions, 1);
+    }
+
+    #[test]
+    fn a_failed_capture_is_not_tried_again() {
+        let (v, fake) = view(2, 1, 10, Duration::ZERO, stable);
+        // The fake fails the last account.
+        assert_eq!(v.account(1).unwrap_err(), libc::EIO);
+        assert_eq!(v.account(1).unwrap_err(), libc::EIO);
+        assert_eq!(*fake.captures.lock(), [(1, 1)]);
+        let n = v.counts();
+        assert_eq!((n.failed, n.captured, n.never), (1, 0, 1));
     }
 
     #[test]
