@@ -858,7 +858,7 @@ impl<'a> Freezer<'a> {
     /// its pin never past the size it had then. One from a control tree gets a synthetic
     /// inode: its own may be another filesystem's, or that of the same file shown where the
     /// tree lies inside SOURCE, and must not pass for a hard link of either.
-    fn control_node(&self, c: capture::ControlFile, from_tree: bool) -> NewNode {
+    fn control_node(&mut self, c: capture::ControlFile, from_tree: bool) -> NewNode {
         let mut attr = attr_of(&c.stat);
         if from_tree {
             attr.ino = Ino(0);
@@ -870,6 +870,8 @@ impl<'a> Freezer<'a> {
             }
             ControlContent::Pinned(fd) => (NewContent::Source, Some(self.budget.adopt(fd))),
         };
+        // A regular file of the image like any other: its bytes count in the totals.
+        self.totals.bytes += attr.size;
         NewNode {
             kind: NewKind::File(kind),
             attr,
@@ -1366,6 +1368,8 @@ mod tests {
         mailbox(&src.join("a/Maildir/.Sent"), 1, 0);
         mailbox(&src.join("b/Maildir"), 3, 0);
         fs::write(src.join("README"), "0123456789").unwrap();
+        // Control files are files of the image too.
+        fs::write(src.join("b/Maildir/dovecot-uidlist"), "3 V1 N1\n").unwrap();
         let messages: u64 = ["a/Maildir", "a/Maildir/.Sent", "b/Maildir"]
             .iter()
             .flat_map(|mb| ["cur", "new"].map(|sub| src.join(mb).join(sub)))
@@ -1378,7 +1382,8 @@ mod tests {
             (totals.accounts, totals.mailboxes, totals.messages),
             (2, 3, 7)
         );
-        assert_eq!(totals.bytes, messages + 10);
+        assert_eq!(totals.bytes, messages + 10 + 8);
+        // The uidlist is held in memory: no pin for it.
         assert_eq!((totals.pinned, totals.unpinned), (8, 0));
     }
 
