@@ -31,6 +31,7 @@
 //!   files (`runtime`), `status`, `umount`, `verify`, log sinks (`logging`).
 //! - `error.rs`: the error type, which carries the path; `sys.rs`: the only `unsafe`.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod capture;
@@ -38,6 +39,7 @@ pub mod error;
 pub mod image;
 pub mod maildir;
 pub mod serve;
+#[allow(missing_docs)] // Documented with its rewrite onto nix.
 pub mod sys;
 
 #[cfg(test)]
