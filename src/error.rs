@@ -25,12 +25,15 @@ pub struct Error {
     pub what: &'static str,
     /// The path concerned, as the user gave it or as found under SOURCE.
     pub path: PathBuf,
+    /// Why it failed: an OS error, or maildirfs's own reason.
     pub cause: Cause,
 }
 
+/// The crate's `Result`, with [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An OS error `err` met while doing `what` to `path`.
     pub fn io(what: &'static str, path: impl Into<PathBuf>, err: io::Error) -> Error {
         Error {
             what,
@@ -39,6 +42,7 @@ impl Error {
         }
     }
 
+    /// A failure maildirfs found itself while doing `what` to `path`; `why` says what it is.
     pub fn msg(what: &'static str, path: impl Into<PathBuf>, why: impl Into<String>) -> Error {
         Error {
             what,

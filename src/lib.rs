@@ -35,6 +35,7 @@
 //! commands), `capture` and `maildir` (the Dovecot tests capture accounts directly), `sys`
 //! and `error`; `image` and `serve`, and each stage's internals, are private to the crate.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod capture;
@@ -42,6 +43,7 @@ pub mod error;
 pub(crate) mod image;
 pub mod maildir;
 pub(crate) mod serve;
+#[allow(missing_docs)] // Documented with its rewrite onto nix.
 pub mod sys;
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::MountOptions;
 
+/// The command line of `maildirfs`: one subcommand (the mount helper's form is rewritten
+/// first by [`normalize_args`]).
 #[derive(Parser, Debug)]
 #[command(
     name = "maildirfs",
@@ -23,6 +25,7 @@ verify, or a dead view in status; 2 usage error.",
     after_help = "Documentation: README.md and docs/OPERATIONS.md; `man maildirfs`."
 )]
 pub struct Cli {
+    /// The subcommand to run (one is required).
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -32,6 +35,7 @@ pub struct Cli {
 const MOUNT_LIMITS: &str = "Limits, whatever an account's owner puts in their Maildir:\n  - Control files (dovecot-uidlist, dovecot-keywords, subscriptions, dovecot-acl, ...) are taken only when they are regular files; a FIFO, socket, device or directory in their place is left out, logged and counted.\n  - At most 16 MiB of control files are held in memory per account, and at most 1 MiB per file other than dovecot-uidlist; a larger one is left out with a warning. A dovecot-uidlist that does not fit is never left out: it is pinned under the lock and served at its captured length.\n  - Directories more than 256 levels below an account (or below SOURCE outside accounts) are shown empty, with a warning.\n  - An operation that hangs under an account's locks for --stall-timeout seconds gets that account's locks released at once; listing that account in the view fails with EIO (so a \
 mirroring backup deletes nothing of it), and the others go on.\n  - SIGTERM or SIGINT releases every lock at once, at any moment, and ends the server.";
 
+/// The subcommands; each variant's doc comment is its `--help` text.
 // Parsed once per run: the size of the mount variant costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
@@ -66,6 +70,8 @@ pub enum Cmd {
     },
 }
 
+/// The arguments of `maildirfs mount`, made into [`MountOptions`] by
+/// [`MountArgs::into_options`]; each field's doc comment is its `--help` text.
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// One Maildir, a home directory holding Maildir/, or a whole tree such as /var/vmail.

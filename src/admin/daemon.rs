@@ -57,6 +57,8 @@ impl Notifier {
         Notifier { pipe: None }
     }
 
+    /// Whether no parent waits on a pipe (foreground mode): the caller then prints the summary
+    /// itself.
     pub fn is_foreground(&self) -> bool {
         self.pipe.is_none()
     }
@@ -65,7 +67,9 @@ impl Notifier {
 /// Where progress lines go.
 #[derive(Debug)]
 pub enum ProgressSink {
+    /// To the waiting parent, as `PROGRESS <line>` lines on the readiness pipe.
     Pipe(std::fs::File),
+    /// Straight to stderr, each line over the last (foreground, stderr a terminal).
     Terminal,
 }
 

@@ -29,8 +29,12 @@ use crate::sys;
 /// to this fd), MOUNTPOINT absolute.
 #[derive(Debug)]
 pub struct Checked {
+    /// SOURCE, opened (the admin's own symlinks followed) and checked to be a readable directory.
     pub source_fd: OwnedFd,
+    /// SOURCE as an absolute path, symlinks not resolved: for messages and the report.
     pub source: PathBuf,
+    /// MOUNTPOINT canonicalized: an existing directory with nothing mounted on it, not below
+    /// `source`.
     pub mountpoint: PathBuf,
 }
 

@@ -11,20 +11,31 @@ pub use crate::capture::account::DEFAULT_LOCK_TIMEOUT;
 /// Everything `maildirfs mount` was asked to do.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
+    /// SOURCE as given: one Maildir, a home holding `Maildir/`, or a tree such as /var/vmail.
     pub source: PathBuf,
+    /// MOUNTPOINT as given: an existing directory outside SOURCE (see `mount::check`).
     pub mountpoint: PathBuf,
+    /// `--lock-timeout`: how long an account's lock set is retried before it is captured
+    /// without its locks (or fails, with `strict_lock`).
     pub lock_timeout: Duration,
     /// `--stall-timeout`: how long one operation under an account's locks may take (see
     /// `capture/watch.rs`).
     pub stall_timeout: Duration,
+    /// `--no-lock`: take no lock at all (the listing check still runs).
     pub no_lock: bool,
+    /// `--strict-lock`: fail rather than capture an account without its locks; excludes
+    /// `no_lock`.
     pub strict_lock: bool,
+    /// `--exclude-indexes`: also hide Dovecot's rebuildable index files.
     pub exclude_indexes: bool,
     /// Let other users in; always with `default_permissions`.
     pub allow_other: bool,
+    /// `--foreground`: serve from this process until unmounted, instead of detaching.
     pub foreground: bool,
     /// -1 quiet, 0 normal, 1.. verbose.
     pub verbosity: i8,
+    /// `--log-file`: where log lines are appended (default: syslog once detached, stderr in
+    /// the foreground).
     pub log_file: Option<PathBuf>,
     /// `-o passthrough`: let the kernel read file contents straight from the source files.
     pub passthrough: bool,
@@ -94,6 +105,8 @@ impl std::str::FromStr for CaptureMode {
 }
 
 impl MountOptions {
+    /// The defaults of `maildirfs mount SOURCE MOUNTPOINT`: locks taken, accounts captured on
+    /// demand, control files where doveconf says (else in the Maildir).
     pub fn new(source: PathBuf, mountpoint: PathBuf) -> MountOptions {
         MountOptions {
             source,

@@ -14,16 +14,25 @@ pub const REPORT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MountReport {
+    /// The version of the keys: [`REPORT_VERSION`].
     pub version: u32,
+    /// The view's mount point, canonicalized and escaped.
     pub mountpoint: String,
+    /// SOURCE as an absolute path, escaped.
     pub source: String,
+    /// The serving process's pid.
     pub pid: u32,
     /// UTC, ISO 8601.
     pub captured_at: String,
+    /// Seconds the capture at mount took, from discovery to the view being ready.
     pub capture_seconds: f64,
+    /// Accounts in the view, including those left to capture when first read.
     pub accounts: u64,
+    /// Mailboxes captured at mount.
     pub mailboxes: u64,
+    /// Messages (files in `cur/` and `new/`) captured at mount.
     pub messages: u64,
+    /// Bytes of all regular files captured at mount: messages, control and other files.
     pub bytes: u64,
     /// Accounts captured without their locks, and why.
     #[serde(rename = "accounts_without_lock")]
@@ -32,16 +41,26 @@ pub struct MountReport {
     /// file, rewritten every second while serving, leaves them out).
     #[serde(rename = "account_lock_holds", skip_serializing_if = "Vec::is_empty")]
     pub account_holds: Vec<AccountHold>,
+    /// The longest lock hold, in ms: of the captures at mount, and in `--summary-json`'s last
+    /// write of every capture.
     pub longest_lock_hold_ms: u64,
+    /// The account (relative to SOURCE, escaped) of that longest hold; empty when none was
+    /// captured.
     pub longest_lock_hold_account: String,
+    /// Files captured at mount held by a pin (JSON `pinned_files`).
     #[serde(rename = "pinned_files")]
     pub pinned: u64,
+    /// Files captured at mount without a pin, over the budget: found again by name when read
+    /// (JSON `unpinned_files`).
     #[serde(rename = "unpinned_files")]
     pub unpinned: u64,
+    /// The soft `RLIMIT_NOFILE` the pins had to fit in.
     pub fd_limit: u64,
     /// Messages listed under the lock but expunged before they could be frozen.
     pub expunged_during_capture: u64,
+    /// Directories and files that could not be read at mount, shown empty or left out.
     pub unreadable: u64,
+    /// FIFOs, sockets and devices left out of the image (JSON `special_files_left_out`).
     #[serde(rename = "special_files_left_out")]
     pub special_files: u64,
     /// Control files left out for their size.
@@ -51,12 +70,16 @@ pub struct MountReport {
     /// Directories deeper than the depth limit, shown empty.
     #[serde(rename = "directories_too_deep")]
     pub too_deep: u64,
+    /// Mount points inside SOURCE not entered (JSON `mount_points_not_entered`).
     #[serde(rename = "mount_points_not_entered")]
     pub mount_points_skipped: u64,
+    /// Mailboxes created during the capture, so captured without a lock (JSON
+    /// `mailboxes_created_during_capture`).
     #[serde(rename = "mailboxes_created_during_capture")]
     pub mailboxes_without_lock: u64,
     /// "kernel-cache", "passthrough" or "no-passthrough" (asked, refused).
     pub reads: String,
+    /// The serving counters, at the report's top level (their keys are [`Live`]'s).
     #[serde(flatten)]
     pub live: Live,
     /// The one-line summary as printed.
@@ -105,7 +128,9 @@ impl Default for MountReport {
 /// An account captured without its locks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unlocked {
+    /// The account's root relative to SOURCE, escaped (`.` for SOURCE itself).
     pub account: String,
+    /// Why its locks were not taken, e.g. `--no-lock given` or `lock busy for 30 s: ...`.
     pub why: String,
 }
 

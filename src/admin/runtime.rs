@@ -182,9 +182,14 @@ fn process_start(pid: u32) -> Option<u64> {
 /// One mount as `/proc/self/mountinfo` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The mounted filesystem's device number, `major:minor`: it names the state files.
     pub devno: String,
+    /// Where it is mounted, mountinfo's octal escapes undone.
     pub mountpoint: PathBuf,
+    /// The filesystem type: `fuse.maildirfs` for a view.
     pub fstype: String,
+    /// The mount source, escapes undone, as lossy UTF-8: for a view, SOURCE's path (or
+    /// `maildirfs` when that path cannot be a mount option).
     pub source: String,
 }
 

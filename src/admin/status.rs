@@ -16,10 +16,17 @@ pub enum View {
     /// Its server runs; this is its report.
     Serving(Box<MountReport>),
     /// Mounted, but no server holds its state file.
-    Dead { mountpoint: String, source: String },
+    Dead {
+        /// Its mount point, escaped.
+        mountpoint: String,
+        /// Its mount source as mountinfo gives it.
+        source: String,
+    },
 }
 
 impl View {
+    /// A few lines for a person, as `maildirfs status` prints them; a dead view's says how to
+    /// clear it.
     pub fn to_text(&self) -> String {
         match self {
             View::Serving(r) => r.to_text(),
@@ -29,6 +36,7 @@ impl View {
         }
     }
 
+    /// Whether its server is gone (then `status` exits 1, for monitoring).
     pub fn is_dead(&self) -> bool {
         matches!(self, View::Dead { .. })
     }

@@ -32,21 +32,29 @@ const EXAMPLES: usize = 3;
 pub struct Finding {
     /// Relative to PATH, escaped.
     pub path: String,
+    /// What is wrong, or worth knowing, in a few words.
     pub what: String,
 }
 
 /// What `verify` found.
 #[derive(Debug, Default)]
 pub struct Verified {
+    /// PATH as given, escaped.
     pub path: String,
+    /// Accounts found under PATH.
     pub accounts: usize,
+    /// Mailboxes found (each checked, or a problem when it cannot be opened).
     pub mailboxes: usize,
+    /// Regular files in the mailboxes' `cur/` and `new/`.
     pub messages: usize,
+    /// What Dovecot would get wrong or lose: any one makes the exit status 1.
     pub problems: Vec<Finding>,
+    /// What a live store normally has (see the module doc): no effect on the exit status.
     pub notes: Vec<Finding>,
 }
 
 impl Verified {
+    /// Whether no problem was found (exit status 0).
     pub fn clean(&self) -> bool {
         self.problems.is_empty()
     }
@@ -65,6 +73,7 @@ impl Verified {
         .unwrap_or_default()
     }
 
+    /// What `verify` prints: a line per problem and note, then the counts.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         for f in &self.problems {

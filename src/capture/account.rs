@@ -110,8 +110,12 @@ impl Default for LockPolicy {
 /// One entry of a `new/` or `cur/` listing.
 #[derive(Debug)]
 pub struct Listed {
+    /// The entry's file name in `new/` or `cur/`.
     pub name: Vec<u8>,
+    /// Its inode number as the listing gave it: its pin, and freeze's `lstat`, are checked
+    /// against it.
     pub ino: u64,
+    /// Its type as the listing gave it (`DT_REG`, `DT_LNK`, ...); symlinks are never pinned.
     pub d_type: u8,
     /// The file's pin (if the budget allowed): one taken before the lock and confirmed by the
     /// listing under it, or one opened under the lock for a name that is new.
@@ -121,7 +125,9 @@ pub struct Listed {
 /// A control file as captured under the lock.
 #[derive(Debug)]
 pub struct ControlFile {
+    /// Its file name (one of `names::CONTROL_FILES`).
     pub name: Vec<u8>,
+    /// Its captured bytes: in memory, or a pin for a `dovecot-uidlist` too large to hold.
     pub content: ControlContent,
     /// The file's `fstat` when captured; for a pinned one, its size is the captured length.
     pub stat: sys::Stat,
@@ -165,6 +171,7 @@ pub struct ControlBudget {
 }
 
 impl ControlBudget {
+    /// A whole account's budget: [`ACCOUNT_CONTROL_BYTES`].
     pub fn new() -> ControlBudget {
         ControlBudget {
             left: ACCOUNT_CONTROL_BYTES,
@@ -181,8 +188,11 @@ impl Default for ControlBudget {
 /// What was captured of one mailbox.
 #[derive(Debug, Default)]
 pub struct MailboxCapture {
+    /// Its control files as captured (those left out are in `left_out`).
     pub control: Vec<ControlFile>,
+    /// The listing of `new/` (dotfiles and directories left out).
     pub new: Vec<Listed>,
+    /// The listing of `cur/` (dotfiles and directories left out).
     pub cur: Vec<Listed>,
     /// False when the listing never settled and the union of base names was kept.
     pub settled: bool,
@@ -258,6 +268,7 @@ impl Opened {
 /// What was captured of one account.
 #[derive(Debug)]
 pub struct AccountCapture {
+    /// The account's root, relative to SOURCE (see [`Account::root`]).
     pub root: PathBuf,
     /// Keyed by mailbox path relative to SOURCE.
     pub mailboxes: HashMap<PathBuf, MailboxCapture>,
@@ -282,8 +293,11 @@ impl AccountCapture {
 /// How far a capture has come, for the progress line; updated by the capture workers.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Accounts to capture in this run, set as the capture starts.
     pub accounts_total: AtomicUsize,
+    /// Accounts captured so far (those whose capture failed or hung are not counted).
     pub accounts_done: AtomicUsize,
+    /// Messages listed in the accounts captured so far.
     pub messages: AtomicUsize,
     /// The accounts being captured now, with when each started. Protected by this mutex.
     running: parking_lot::Mutex<Vec<(String, Instant)>>,

@@ -32,6 +32,7 @@ struct Tree {
 /// A mailbox's control directory in a control tree.
 #[derive(Debug, Clone)]
 pub struct ControlDir {
+    /// The directory, open: its lock and control files are opened relative to it.
     pub fd: Arc<OwnedFd>,
     /// Its path, for messages and lock names.
     pub path: PathBuf,

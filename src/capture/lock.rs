@@ -113,6 +113,7 @@ impl LockHandle {
 /// The outcome of one try.
 #[derive(Debug)]
 pub enum TryLock {
+    /// Taken: the guard releases it as it drops, if it is still ours.
     Locked(UidlistLock),
     /// Someone else holds it; the text says who, for the summary.
     Busy(String),
@@ -230,6 +231,7 @@ impl UidlistLock {
         }
     }
 
+    /// The lock file's path, for messages.
     pub fn path(&self) -> &Path {
         &self.held.path
     }

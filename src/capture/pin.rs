@@ -264,6 +264,7 @@ impl PinBudget {
         taken
     }
 
+    /// Gives back `n` fds set aside by [`PinBudget::hold`], once those directories are closed.
     pub fn unhold(&self, n: usize) {
         self.left.fetch_add(n, Ordering::Relaxed);
     }

@@ -57,10 +57,12 @@ impl Watch {
         self.beats.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many operations are done so far: the watchdog compares it between its checks.
     pub fn beats(&self) -> u64 {
         self.beats.load(Ordering::Relaxed)
     }
 
+    /// The account being captured, relative to SOURCE.
     pub fn account(&self) -> &Path {
         &self.account
     }
@@ -117,6 +119,7 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
+    /// Starts following `watch` from its beats now.
     pub fn new(watch: &Watch) -> Heartbeat {
         Heartbeat {
             seen: watch.beats(),

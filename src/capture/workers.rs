@@ -21,9 +21,13 @@ use crate::sys;
 pub struct Work {
     /// SOURCE, for messages.
     pub source: PathBuf,
+    /// The accounts to capture; the results come back in this order.
     pub accounts: Vec<maildir::Account>,
+    /// How the locks are taken, and where the control files are.
     pub policy: LockPolicy,
+    /// The budget every worker's pins come from.
     pub budget: Arc<PinBudget>,
+    /// Where the workers count accounts and messages captured, for the progress line.
     pub progress: Arc<Progress>,
     /// How long a capture may go without progress before it is given up.
     pub stall_timeout: Duration,

@@ -81,6 +81,7 @@ pub struct Captured {
     pub totals: Totals,
     /// Accounts left to be captured when first read.
     pub on_demand: usize,
+    /// How long the capture at mount took, from discovery to the view being ready.
     pub elapsed: Duration,
     /// The soft `RLIMIT_NOFILE` the pins had to fit in.
     pub fd_limit: u64,
@@ -96,8 +97,11 @@ pub struct Captured {
 
 /// Per account, for the summary.
 pub struct AccountSummary {
+    /// The account's root, relative to SOURCE.
     pub root: PathBuf,
+    /// Why it was captured without its locks, if it was.
     pub unlocked: Option<String>,
+    /// From the first lock taken to the last released; zero when captured without locks.
     pub lock_hold: Duration,
     /// The part of `lock_hold` spent pinning.
     pub pin_time: Duration,
@@ -407,13 +411,16 @@ struct OnDemand {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AccountHold {
+    /// The account's root relative to SOURCE, escaped (`.` for SOURCE itself).
     pub account: String,
     /// From the first lock taken to the last released (the longest of its captures); 0 when
     /// captured without locks.
     pub lock_hold_us: u64,
     /// The part of it spent pinning files that were not pinned before the locks.
     pub pinning_us: u64,
+    /// Messages listed in its `new/` and `cur/` by the capture with the longest hold.
     pub messages: u64,
+    /// Whether every capture of it listed under its locks (false also for one that hung).
     pub locked: bool,
     /// Its capture hung and was given up (locks released, `EIO` in the view).
     pub stalled: bool,

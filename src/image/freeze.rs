@@ -102,7 +102,10 @@ impl FreezeReport {
 pub enum Scope<'a> {
     /// The tree from SOURCE down. The accounts in `deferred` (root mailbox -> account number)
     /// are not entered: their directories are left to their own snapshots.
-    Tree { deferred: &'a HashMap<PathBuf, u32> },
+    Tree {
+        /// Root mailbox (relative to SOURCE) -> account number, of the accounts not entered.
+        deferred: &'a HashMap<PathBuf, u32>,
+    },
     /// The tree from SOURCE down, finding the accounts as it goes (this walk is the
     /// discovery): a mailbox not inside another is an account's root, not entered, its
     /// directory left to its own snapshot. The roots are in [`FreezeReport::accounts`], the
@@ -111,8 +114,13 @@ pub enum Scope<'a> {
     /// One account alone, from its root mailbox `base` down: capture number `epoch` of
     /// account number `account`.
     Account {
+        /// The account's root (its root mailbox, or the directory holding its `.INBOX`), relative
+        /// to SOURCE.
         base: &'a Path,
+        /// The account's number, its place in discovery order: it picks the snapshot's synthetic
+        /// node ids.
         account: u32,
+        /// Which capture of the account this is (1 for the first); part of its directory offsets.
         epoch: u32,
         /// The node id the view gives the account's directory.
         dir: Ino,

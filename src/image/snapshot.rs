@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 pub struct NodeIdx(pub u32);
 
 impl NodeIdx {
+    /// The root's position: node 0.
     pub const ROOT: NodeIdx = NodeIdx(0);
 }
 
@@ -45,11 +46,14 @@ pub const SYNTHETIC_INO: u64 = 1 << 63;
 /// A timestamp as `stat` gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stamp {
+    /// Seconds since the Unix epoch (negative before 1970).
     pub sec: i64,
+    /// Nanoseconds added to `sec` (0 to 999 999 999), as `stat`'s `tv_nsec`.
     pub nsec: u32,
 }
 
 impl Stamp {
+    /// The same instant as a `SystemTime`, for fuser's attributes.
     pub fn to_system_time(self) -> SystemTime {
         if self.sec >= 0 {
             SystemTime::UNIX_EPOCH + Duration::new(self.sec as u64, self.nsec)
@@ -71,12 +75,15 @@ impl Stamp {
 pub struct Attr {
     /// The source inode number (also the FUSE node id; see the module doc).
     pub ino: Ino,
+    /// The size in bytes as captured: a read never goes past it.
     pub size: u64,
     /// mtime, ctime: seconds.
     secs: [i64; 2],
     /// mtime, ctime: nanoseconds.
     nsecs: [u32; 2],
+    /// The owning user as captured (the kernel checks it for other users with `allow_other`).
     pub uid: u32,
+    /// The owning group as captured.
     pub gid: u32,
     /// As seen inside the view: paths with this inode for files, 2 + subdirectories for
     /// directories, or 1 for a directory with more than `u16::MAX - 2` subdirectories (as
@@ -87,6 +94,8 @@ pub struct Attr {
 }
 
 impl Attr {
+    /// Attributes from a `stat`'s values; `nlink` starts at 1 and is set when the tree is
+    /// finished.
     pub fn new(
         ino: Ino,
         size: u64,
@@ -113,10 +122,12 @@ impl Attr {
         self.mtime()
     }
 
+    /// The modification time as captured.
     pub fn mtime(&self) -> Stamp {
         self.stamp(0)
     }
 
+    /// The status-change time as captured.
     pub fn ctime(&self) -> Stamp {
         self.stamp(1)
     }
@@ -152,9 +163,12 @@ pub enum Content {
 pub enum Kind {
     /// Children are nodes `first .. first + count`, sorted by name.
     Dir {
+        /// The index of the first child.
         first: u32,
+        /// How many children it has.
         count: u32,
     },
+    /// A regular file, with where its bytes come from.
     File(Content),
     /// The target bytes are `inline[_]`; shown, never followed.
     Symlink(u32),
@@ -163,24 +177,32 @@ pub enum Kind {
 /// One node of the image.
 #[derive(Debug, Clone)]
 pub struct Node {
+    /// The directory holding it (the root's parent is the root).
     pub parent: NodeIdx,
     name_off: u32,
     /// A name is at most `NAME_MAX` (255) bytes.
     name_len: u8,
+    /// What it is, with where its children, bytes or target are.
     pub kind: Kind,
+    /// Its attributes as captured.
     pub attr: Attr,
 }
 
 /// Counts for the mount summary.
 #[derive(Debug, Clone, Default)]
 pub struct Totals {
+    /// Accounts this part of the view stands for: captured, hung or deferred to their own
+    /// snapshots.
     pub accounts: usize,
+    /// Mailboxes (directories with `cur/` and `new/`) frozen.
     pub mailboxes: usize,
+    /// Regular files in the mailboxes' `cur/` and `new/`.
     pub messages: usize,
     /// Bytes of all regular files in the image.
     pub bytes: u64,
     /// Regular files held by an `O_PATH` pin, and those served by re-resolution instead.
     pub pinned: usize,
+    /// Files read from SOURCE without a pin (over the budget): opened by name when read.
     pub unpinned: usize,
 }
 
@@ -214,6 +236,7 @@ pub struct Snapshot {
     pin_set: crate::capture::pin::PinSet,
     /// `st_dev` of SOURCE: every served file must be on it.
     pub source_dev: u64,
+    /// What it holds, for the summary.
     pub totals: Totals,
     /// Directories whose listing and lookups fail with `EIO`, sorted: accounts whose capture
     /// hung. An error, not an empty directory, so that a backup tool reports it and a mirror
@@ -243,6 +266,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The node at `idx`, which must be one of this snapshot's.
     pub fn node(&self, idx: NodeIdx) -> &Node {
         &self.nodes[idx.0 as usize]
     }
@@ -260,14 +284,17 @@ impl Snapshot {
             + (self.unlistable.capacity() + self.deferred.capacity()) * 8
     }
 
+    /// How many nodes it holds, the root included.
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
+    /// Whether it holds no node at all (a default one: a built snapshot has its root).
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
 
+    /// The name of node `idx` in its directory (empty for the root).
     pub fn name(&self, idx: NodeIdx) -> &[u8] {
         let n = self.node(idx);
         &self.names[n.name_off as usize..n.name_off as usize + n.name_len as usize]
@@ -289,6 +316,8 @@ impl Snapshot {
             .partition_point(|&n| self.node(n).attr.ino < ino)
     }
 
+    /// Inline bytes number `i`: a control file's content ([`Content::Inline`]) or a symlink's
+    /// target ([`Kind::Symlink`]).
     pub fn inline(&self, i: u32) -> &Arc<[u8]> {
         &self.inline[i as usize]
     }
@@ -497,23 +526,36 @@ fn synthetic_base(account: u32) -> u64 {
 /// A node before it is placed: what `Builder::add_children` takes.
 #[derive(Debug)]
 pub struct NewNode {
+    /// Its name in its directory.
     pub name: Vec<u8>,
+    /// What it is, with a file's bytes or a symlink's target.
     pub kind: NewKind,
+    /// Its attributes as captured; an inode number of 0 or 1 (or in the synthetic range) gets a
+    /// synthetic node id.
     pub attr: Attr,
+    /// The file's pin, if it has one: the snapshot keeps it.
     pub pin: Option<crate::capture::pin::Pin>,
 }
 
+/// What a node is before it is placed: a [`Kind`] holding its bytes rather than an index.
 #[derive(Debug, Clone)]
 pub enum NewKind {
+    /// A directory; its children come with a later `add_children`.
     Dir,
+    /// A regular file, with where its bytes come from.
     File(NewContent),
+    /// A symbolic link, with its target as read at capture.
     Symlink(Vec<u8>),
 }
 
+/// Where a new file's bytes come from: a [`Content`] holding its inline bytes.
 #[derive(Debug, Clone)]
 pub enum NewContent {
+    /// The source file at its path (see [`Content::Source`]).
     Source,
+    /// A message, found again if renamed (see [`Content::Message`]).
     Message,
+    /// These bytes, held in the snapshot (a control file read under the lock).
     Inline(Arc<[u8]>),
 }
 
@@ -605,10 +647,12 @@ impl Builder {
         b
     }
 
+    /// The node at `idx` of the tree built so far.
     pub fn node(&self, idx: NodeIdx) -> &Node {
         self.snap.node(idx)
     }
 
+    /// The name of node `idx` of the tree built so far.
     pub fn name(&self, idx: NodeIdx) -> &[u8] {
         self.snap.name(idx)
     }

@@ -34,16 +34,20 @@ pub type AccountId = u32;
 /// A node of the view: the snapshot that holds it (kept alive by this value) and its place.
 #[derive(Debug, Clone)]
 pub struct At {
+    /// The snapshot holding the node, kept alive (through an eviction) as long as this value.
     pub snap: Arc<Snapshot>,
+    /// The node's position in `snap`.
     pub idx: NodeIdx,
 }
 
 /// One account captured on its own, as [`Capturer::capture`] makes it.
 #[derive(Debug)]
 pub struct AccountImage {
+    /// The account's own snapshot, rooted at its root directory.
     pub snapshot: Snapshot,
     /// Why it was captured without its locks, if it was.
     pub unlocked: Option<String>,
+    /// From the first lock taken to the last released; zero when captured without locks.
     pub lock_hold: Duration,
     /// How many of its files could not be opened or listed at capture.
     pub unreadable: usize,
@@ -85,7 +89,9 @@ pub struct Limits {
 pub struct Evicted {
     /// The account directory's node id, and its parent's, and its name there.
     pub dir: Ino,
+    /// The node id of the directory holding it.
     pub parent: Ino,
+    /// Its name in that directory.
     pub name: Vec<u8>,
 }
 
@@ -129,11 +135,14 @@ struct Slot {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Counts {
+    /// Accounts the working set manages: every one found, captured or not (0 with `--capture
+    /// at-mount`; JSON `view_accounts`).
     #[serde(rename = "view_accounts")]
     pub accounts: u64,
     /// Accounts captured at least once, and more than once (at different instants).
     #[serde(rename = "accounts_captured")]
     pub captured: u64,
+    /// Accounts captured more than once (JSON `accounts_captured_again`).
     #[serde(rename = "accounts_captured_again")]
     pub recaptured: u64,
     /// Accounts never captured.
@@ -282,6 +291,8 @@ impl View {
         *self.on_evict.write() = Some(f);
     }
 
+    /// The tree outside the accounts, frozen at mount (with `--capture at-mount`, the whole
+    /// tree).
     pub fn skeleton(&self) -> &Arc<Snapshot> {
         &self.skeleton
     }

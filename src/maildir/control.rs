@@ -130,7 +130,9 @@ fn variable(s: &str) -> Option<(Part, &str)> {
 /// What an account's place in SOURCE says of its user: `%n`, `%d` and the home.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// `%n`: the account directory's name, or its parent's when it is called `Maildir`.
     pub name: OsString,
+    /// `%d`: the name of the directory above that (`None` at the filesystem's root).
     pub domain: Option<OsString>,
     /// The directory holding `Maildir`, when the account directory is called so.
     pub home: Option<PathBuf>,

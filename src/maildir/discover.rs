@@ -53,12 +53,14 @@ pub struct Account {
 /// What the walk found.
 #[derive(Debug, Default)]
 pub struct Discovery {
+    /// The accounts found, sorted by their roots' path bytes.
     pub accounts: Vec<Account>,
     /// Directories that could not be opened or listed, not searched.
     pub unreadable: Vec<PathBuf>,
 }
 
 impl Discovery {
+    /// How many mailboxes the accounts hold together.
     pub fn mailbox_count(&self) -> usize {
         self.accounts.iter().map(|a| a.mailboxes.len()).sum()
     }

@@ -18,6 +18,7 @@ pub fn base_name(name: &[u8]) -> &[u8] {
 /// `,S=<size>` (the file's size) and `,W=<vsize>` (the size with CRLF line ends) fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filename<'a> {
+    /// The base name: everything before the first `:` (see [`base_name`]).
     pub base: &'a [u8],
     /// `,S=` from the base: what the file's size must be.
     pub size: Option<u64>,

@@ -30,6 +30,7 @@ pub const UIDLIST_LOCK: &str = "dovecot-uidlist.lock";
 
 /// Subdirectories that make a directory a mailbox (both must exist).
 pub const CUR: &[u8] = b"cur";
+/// `new/`, the other of the two: where a delivery lands before a client has seen it.
 pub const NEW: &[u8] = b"new";
 /// Shown empty in every mailbox: it only ever holds deliveries in progress and lock temps.
 pub const TMP: &[u8] = b"tmp";

@@ -35,11 +35,13 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Adds an `--include` pattern; a usage error if it is absolute, empty or holds `..`.
     pub fn include(&mut self, glob: &str) -> Result<(), String> {
         self.include.push(pattern(glob, "--include")?);
         Ok(())
     }
 
+    /// Adds an `--exclude` pattern; a usage error if it is absolute, empty or holds `..`.
     pub fn exclude(&mut self, glob: &str) -> Result<(), String> {
         self.exclude.push(pattern(glob, "--exclude")?);
         Ok(())

@@ -12,29 +12,47 @@
 /// A parsed uidlist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uidlist {
+    /// The format version: 1 or 3, the only ones parsed.
     pub version: u8,
+    /// The mailbox's UIDVALIDITY (the `V` key in version 3, never 0 there).
     pub uid_validity: u32,
+    /// The UID the next message will get (the `N` key in version 3).
     pub next_uid: u32,
     /// The mailbox GUID (`G` key, version 3).
     pub guid: Option<Vec<u8>>,
+    /// The records in file order, their UIDs increasing.
     pub records: Vec<Record>,
 }
 
 /// One message: its UID and its file's base name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The message's UID, above the previous record's.
     pub uid: u32,
+    /// The file name that ends the record (after the ` :` in version 3).
     pub filename: Vec<u8>,
 }
 
 /// Why a uidlist does not parse; `line` counts from 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UidlistError {
+    /// No complete line: an empty file, or one whose only line is still being written.
     Empty,
+    /// The first line is no header: no version number, a field missing or not a number, or a
+    /// version 3 header without its UIDVALIDITY.
     BadHeader,
+    /// A version other than 1 and 3: the number found.
     UnsupportedVersion(u8),
-    BadRecord { line: usize },
-    UidsNotIncreasing { line: usize },
+    /// A record without its UID, its separator or its file name.
+    BadRecord {
+        /// The record's line, counting from 1.
+        line: usize,
+    },
+    /// A UID of 0, or one not above the previous record's.
+    UidsNotIncreasing {
+        /// The record's line, counting from 1.
+        line: usize,
+    },
 }
 
 impl std::fmt::Display for UidlistError {

@@ -24,8 +24,11 @@ pub struct Live {
     /// maildirfs for files of a read-ahead window (too late, or wasted).
     #[serde(rename = "files_read_ahead")]
     pub ahead_files: u64,
+    /// Bytes of the files counted in `files_read_ahead` (JSON `bytes_read_ahead`).
     #[serde(rename = "bytes_read_ahead")]
     pub ahead_bytes: u64,
+    /// READs that reached maildirfs for a file inside a read-ahead window other than its
+    /// marker (JSON `reads_late_for_read_ahead`).
     #[serde(rename = "reads_late_for_read_ahead")]
     pub ahead_late: u64,
     /// The working set: accounts captured, again, never, evicted, failed.

@@ -48,6 +48,8 @@ pub trait PageStore: Send + Sync {
 
 /// The files a window starts with, and the most it grows to.
 pub const START_FILES: u32 = 4;
+/// The most files a window grows to: it doubles from [`START_FILES`] as the reader keeps
+/// on in order.
 pub const MAX_FILES: u32 = 64;
 /// The most bytes queued or being read at once, over all streams.
 pub const MAX_BYTES: u64 = 16 << 20;

@@ -27,7 +27,10 @@ pub type FileKey = (Ino, u64);
 /// A node's attributes with its generation: a lookup's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
+    /// Its attributes as captured, as fuser replies with them.
     pub attr: FileAttr,
+    /// Its generation (see `Snapshot::generation`): another file under a reused node id gets
+    /// another.
     pub generation: u64,
 }
 
@@ -43,9 +46,13 @@ pub struct Listing {
 /// One entry of a listing: its node id, the offset to continue after it, its type and name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListEntry<'a> {
+    /// Its node id (for `.` and `..`, the directory's own and its parent's).
     pub ino: Ino,
+    /// The READDIR offset that continues after it: the snapshot's epoch and the next position.
     pub next: u64,
+    /// Its file type (a directory for `..`).
     pub kind: FileType,
+    /// Its name: `.`, `..` or the child's.
     pub name: &'a [u8],
     /// The node in the listing's snapshot (`None` for `..`, which lies elsewhere).
     idx: Option<NodeIdx>,

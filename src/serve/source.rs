@@ -46,11 +46,15 @@ pub struct Source {
     pub refound: AtomicU64,
     /// Bytes read from SOURCE for the kernel, and READ requests answered.
     pub bytes_served: AtomicU64,
+    /// READ requests answered.
     pub reads: AtomicU64,
     /// Files and bytes read ahead into the kernel's cache (`serve/readahead.rs`), and READs that
     /// still reached maildirfs for files of a read-ahead window (too late, or wasted).
     pub ahead_files: AtomicU64,
+    /// Bytes of the files counted in `ahead_files` (a window's marker is not).
     pub ahead_bytes: AtomicU64,
+    /// READs that reached maildirfs for a file inside a read-ahead window other than its
+    /// marker.
     pub ahead_late: AtomicU64,
 }
 
@@ -64,6 +68,7 @@ pub enum Opened {
 }
 
 impl Source {
+    /// SOURCE, open as `root`, at `path` (for messages), with every counter at 0.
     pub fn new(root: OwnedFd, path: PathBuf) -> Source {
         Source {
             root,
@@ -80,6 +85,7 @@ impl Source {
         }
     }
 
+    /// SOURCE's path, for messages.
     pub fn path(&self) -> &Path {
         &self.path
     }
