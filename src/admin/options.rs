@@ -46,9 +46,10 @@ pub struct MountOptions {
     pub lock_host: Option<String>,
     /// `--include`/`--exclude`: which accounts (paths relative to SOURCE) the view holds.
     pub selection: crate::maildir::select::Selection,
-    /// `--summary-json FILE`: where to write the mount's report as JSON once mounted.
+    /// `--summary-json FILE`: where to write the mount's report as JSON once mounted, and
+    /// again at unmount with the captures made while serving.
     pub summary_json: Option<PathBuf>,
-    /// `--progress`/-q: show a live capture line on a terminal.
+    /// Show a live capture line on a terminal (off with `-q`).
     pub progress: bool,
     /// `--capture`: when accounts are captured.
     pub capture: CaptureMode,

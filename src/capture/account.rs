@@ -3,9 +3,10 @@
 //! tried again after a jittered back-off, until `--lock-timeout`. maildirfs never waits on a
 //! lock while holding another, so it cannot deadlock with Dovecot or with itself.
 //!
-//! Under the locks, and only then, each mailbox's control files are read into memory and its
-//! `new/` and `cur/` are listed with the listing check: the directories' mtime and ctime (ns)
-//! must be the same before and after the listing, and no base name may appear twice. The
+//! What the image takes of each mailbox is what was true under its locks: its control files,
+//! read into memory, and its `new/` and `cur/`, listed with the listing check: the
+//! directories' mtime and ctime (ns) must be the same before and after the listing, and no
+//! base name may appear twice. The
 //! lock does not stop deliveries (Dovecot's LDA try-locks and delivers anyway; Postfix and
 //! procmail never lock) nor MUAs that rename without a lock, so the check is what catches
 //! them. A listing that never settles keeps the union of base names seen.

@@ -6,8 +6,8 @@
 //! root, although it is no mailbox itself: all its folders are one account, locked at once.
 //!
 //! The walk opens each directory relative to its parent with `O_NOFOLLOW`, so it never leaves
-//! SOURCE through a symlink, and it stays on SOURCE's filesystem (like `rsync -x`), recording
-//! the mount points it did not enter.
+//! SOURCE through a symlink, and it stays on SOURCE's filesystem (like `rsync -x`), logging
+//! the mount points it does not enter (freeze counts them for the summary).
 //!
 //! It goes no deeper than [`MAX_DEPTH`] levels below an account's root mailbox (or below
 //! SOURCE outside accounts): real Maildirs are a few levels deep, and a tree nested thousands

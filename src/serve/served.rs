@@ -252,7 +252,7 @@ impl Listing {
     pub fn entries(&self) -> impl Iterator<Item = ListEntry<'_>> {
         (self.pos..).map_while(move |pos| {
             let (ino, idx, name) = entry_at(&self.dir, self.parent, pos)?;
-            // No node: a directory of the skeleton not captured yet.
+            // No node: `..`, always a directory.
             let kind = idx.map_or(FileType::Directory, |i| {
                 self.dir.snap.node(i).kind.file_type()
             });
