@@ -3,7 +3,7 @@
 //! (`image::build`), mount and serve (`serve::session`), with the signal, progress and status
 //! threads, the state file and the summary around them.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,7 +78,10 @@ pub fn check(opts: &MountOptions) -> Result<Checked> {
             format!("already mounted ({} from {})", m.fstype, m.source),
         ));
     }
-    if mountpoint.starts_with(&source) {
+    // SOURCE as given and as opened: a mount point below the directory a symlinked SOURCE
+    // names is inside it too (the opened directory's path, not a second resolution of SOURCE).
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", source_fd.as_raw_fd()));
+    if mountpoint.starts_with(&source) || opened.is_ok_and(|real| mountpoint.starts_with(real)) {
         return Err(Error::msg(
             "cannot use mount point",
             &opts.mountpoint,
@@ -417,4 +420,25 @@ fn write_atomically(path: &Path, text: String) -> std::io::Result<()> {
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_point_inside_a_symlinked_source_is_refused() {
+        let t = crate::testutil::TempDir::new("check-inside");
+        let real = t.path().join("srv-vmail");
+        std::fs::create_dir_all(real.join("frozen")).unwrap();
+        let link = t.path().join("vmail");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let opts = MountOptions::new(link.clone(), real.join("frozen"));
+        let err = check(&opts).unwrap_err().to_string();
+        assert!(err.contains("inside the source tree"), "{err}");
+        // Beside it is fine.
+        std::fs::create_dir(t.path().join("mnt")).unwrap();
+        let opts = MountOptions::new(link, t.path().join("mnt"));
+        assert!(check(&opts).is_ok());
+    }
 }
