@@ -1,18 +1,28 @@
-//! The only module with `unsafe`: thin wrappers over the Linux syscalls maildirfs needs and
-//! that std does not offer (directory-relative opens that never follow symlinks, `getdents64`,
-//! `fstatat`, `fork`, signals, syslog; pipes and `flock`, which std has only since Rust 1.87
-//! and 1.89, newer than the declared `rust-version`).
+//! Thin wrappers over the Linux syscalls maildirfs needs and that std does not offer
+//! (directory-relative opens that never follow symlinks, `getdents64`, `fstatat`, `fork`,
+//! signals, syslog; pipes and `flock`, which std has only since Rust 1.87 and 1.89, newer than
+//! the declared `rust-version`). They go through `nix`'s typed, safe bindings wherever nix has
+//! one that keeps the contract here. The crate's only `unsafe` is in this module, for what nix
+//! does not offer so: `getdents64` and `preadv2(RWF_NOWAIT)`, `setpriority`, the raw wait
+//! status, syslog at a raw priority, `_exit`, closing the fd that grows the fd table, `mallopt`
+//! and `malloc_trim`, and `fork`, which is unsafe in nix too.
 //!
-//! Every wrapper returns `io::Result` with the OS error untouched; callers add the path. Every
-//! fd comes back as an `OwnedFd`, so nothing here can leak one.
+//! Every wrapper returns `io::Result` with the OS error untouched (a nix `Errno` becomes the
+//! `io::Error` of the same raw OS error); callers add the path. Every fd comes back as an
+//! `OwnedFd`, so nothing here can leak one.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{self, AtFlags, FcntlArg, OFlag, OpenHow, ResolveFlag};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::stat::{self, Mode};
+use nix::unistd::{self, Pid};
 
 /// The raw `stat` of a file, as captured. Re-exported so callers name one type.
 pub type Stat = libc::stat;
@@ -25,32 +35,19 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn cstring(name: &OsStr) -> io::Result<CString> {
-    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+/// The caller's `O_*` flags as nix's type, every bit kept as given.
+fn oflag(flags: libc::c_int) -> OFlag {
+    OFlag::from_bits_retain(flags)
 }
 
 /// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC)`. `name` is one path component or a
 /// relative path; symlinks in the last component are never followed.
 pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    let c = cstring(name)?;
+    let flags = oflag(flags) | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     loop {
-        // SAFETY: `c` is a valid NUL-terminated string that outlives the call; `dir` is a live
-        // fd for the duration of the borrow. openat(2) returns a new fd or -1.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o666 as libc::c_uint,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: openat just returned this fd to us and nothing else owns it.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
+        match fcntl::openat(dir, name, flags, Mode::from_bits_truncate(0o666)) {
+            Err(Errno::EINTR) => {}
+            other => return other.map_err(io::Error::from),
         }
     }
 }
@@ -117,31 +114,19 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io
 }
 
 fn openat2_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    let c = cstring(rel)?;
-    // SAFETY: open_how is plain old data; all-zero is a valid value that we then fill in.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_XDEV;
+    // The mode stays 0 (the kernel refuses any other without O_CREAT or O_TMPFILE).
+    let how = OpenHow::new()
+        .flags(oflag(flags) | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
     loop {
-        // SAFETY: openat2(2) takes a dirfd, a NUL-terminated path and a pointer to an open_how
-        // of the given size; all three are valid for the duration of the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                root.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if ret >= 0 {
-            // SAFETY: the syscall returned a new fd that nothing else owns.
-            return Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) });
-        }
-        let err = io::Error::last_os_error();
-        // EAGAIN: a concurrent rename raced the lookup; the man page says to retry.
-        if !matches!(err.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
-            return Err(err);
+        match fcntl::openat2(root, rel, how) {
+            // EAGAIN: a concurrent rename raced the lookup; the man page says to retry.
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            other => return other.map_err(io::Error::from),
         }
     }
 }
@@ -182,11 +167,7 @@ fn fd_borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
 
 /// `fstat(fd)`.
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
-    let mut st = MaybeUninit::<Stat>::uninit();
-    // SAFETY: `st` points to writable memory of the right size; fstat fills it on success.
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat returned 0, so the struct is initialised.
-    Ok(unsafe { st.assume_init() })
+    Ok(stat::fstat(fd)?)
 }
 
 /// The CPUs this process may use, looked up once (the lookup reads cgroup files, and an
@@ -198,64 +179,31 @@ pub fn cpus() -> usize {
 
 /// The filesystem type (`f_type` of `fstatfs`) of the file open at `fd`.
 pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
-    let mut st = MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: `st` points to writable memory of the right size; fstatfs fills it on success.
-    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstatfs returned 0, so the struct is initialised.
-    let st = unsafe { st.assume_init() };
+    let st = nix::sys::statfs::fstatfs(fd)?;
     // `f_type` is i64 here, a narrower integer on some other targets.
     #[allow(clippy::useless_conversion)]
-    Ok(i64::from(st.f_type))
+    Ok(i64::from(st.filesystem_type().0))
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: the `lstat` of one entry of `dir`.
 pub fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
-    let c = cstring(name)?;
-    let mut st = MaybeUninit::<Stat>::uninit();
-    // SAFETY: valid dirfd, NUL-terminated name and writable stat buffer for the call.
-    cvt(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: fstatat returned 0, so the struct is initialised.
-    Ok(unsafe { st.assume_init() })
+    Ok(stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?)
 }
 
-/// `readlinkat(dir, name)`: the target bytes of a symlink, never followed.
+/// `readlinkat(dir, name)`: the target bytes of a symlink, never followed. (nix sizes the
+/// buffer from the link's `lstat` and grows it while the target fills it; the error is
+/// `readlinkat`'s.)
 pub fn readlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<u8>> {
-    let c = cstring(name)?;
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: buf is writable for buf.len() bytes; readlinkat writes at most that many.
-        let n = unsafe {
-            libc::readlinkat(
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        if n < buf.len() {
-            buf.truncate(n);
-            return Ok(buf);
-        }
-        buf.resize(buf.len() * 2, 0);
-    }
+    Ok(fcntl::readlinkat(dir, name)?.into_vec())
 }
 
 /// `unlinkat(dir, name, 0)`.
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let c = cstring(name)?;
-    // SAFETY: valid dirfd and NUL-terminated name.
-    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
+    Ok(unistd::unlinkat(
+        dir,
+        name,
+        unistd::UnlinkatFlags::NoRemoveDir,
+    )?)
 }
 
 /// A file without a name in directory `dir` (`O_TMPFILE`), read-write, mode 0666 less the
@@ -268,45 +216,31 @@ pub fn tmpfile_in(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// with `EEXIST` if the name exists, as `O_EXCL` would. `AT_EMPTY_PATH` where the process may
 /// (`CAP_DAC_READ_SEARCH`), else through `/proc/self/fd`.
 pub fn link_fd_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let n = cstring(name)?;
     let r = if EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
-        Err(io::Error::from_raw_os_error(libc::ENOENT))
+        Err(Errno::ENOENT)
     } else {
-        // SAFETY: `fd` and `dir` are live for the borrows; both names are NUL-terminated and
-        // outlive the call.
-        cvt(unsafe {
-            libc::linkat(
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                dir.as_raw_fd(),
-                n.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            )
-        })
+        unistd::linkat(fd, "", dir, name, AtFlags::AT_EMPTY_PATH)
     };
     match r {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {
+        Err(Errno::ENOENT | Errno::EPERM) => {
             EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed);
-            let proc = cstring(OsStr::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())))?;
-            // SAFETY: as above; the /proc name is resolved to the open file itself.
-            cvt(unsafe {
-                libc::linkat(
-                    libc::AT_FDCWD,
-                    proc.as_ptr(),
-                    dir.as_raw_fd(),
-                    n.as_ptr(),
-                    libc::AT_SYMLINK_FOLLOW,
-                )
-            })
-            .map(drop)
+            // The kernel resolves the /proc name to the open file itself.
+            let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            Ok(unistd::linkat(
+                fcntl::AT_FDCWD,
+                proc.as_str(),
+                dir,
+                name,
+                AtFlags::AT_SYMLINK_FOLLOW,
+            )?)
         }
-        other => other.map(drop),
+        other => Ok(other?),
     }
 }
 
 /// Reads into `buf` from `offset` only what the page cache holds (`preadv2(RWF_NOWAIT)`), and
 /// says how many bytes: 0 when the first page is not cached (`EAGAIN`); `None` where the
-/// filesystem cannot tell (`EOPNOTSUPP`: NFS, FUSE, ...).
+/// filesystem cannot tell (`EOPNOTSUPP`: NFS, FUSE, ...). By hand: nix has no `preadv2`.
 pub fn pread_nowait(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Option<usize> {
     let mut done = 0;
     while done < buf.len() {
@@ -343,33 +277,32 @@ pub fn pread_nowait(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Option<u
 /// Drops the file's clean pages from `from` to its end from the page cache
 /// (`POSIX_FADV_DONTNEED`); a hint, so any error is ignored.
 pub fn drop_cached(fd: BorrowedFd<'_>, from: u64) {
-    // SAFETY: a hint on a live fd; no memory is passed.
-    let _ = unsafe {
-        libc::posix_fadvise(
-            fd.as_raw_fd(),
-            from as libc::off_t,
-            0,
-            libc::POSIX_FADV_DONTNEED,
-        )
-    };
+    let _ = fcntl::posix_fadvise(
+        fd,
+        from as libc::off_t,
+        0,
+        fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
 }
 
 /// The size of a memory page.
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf reads a constant of the system.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 { n as u64 } else { 4096 }
+    match unistd::sysconf(unistd::SysconfVar::PAGE_SIZE) {
+        Ok(Some(n)) if n > 0 => n as u64,
+        _ => 4096,
+    }
 }
 
 /// Set once `linkat(AT_EMPTY_PATH)` was refused (no `CAP_DAC_READ_SEARCH`): every later link
 /// goes through `/proc/self/fd` at once, not after a failed try under the locks.
 static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
 
-/// Sets the atime and mtime of the open file to now (`futimens(fd, NULL)`), as Dovecot's
-/// `file_dotlock_touch()` does with `utime()`.
+/// Sets the atime and mtime of the open file to now, as Dovecot's `file_dotlock_touch()` does
+/// with `utime()`: `futimens` with `UTIME_NOW` for both, which the kernel treats as a NULL
+/// `times` (the same permission check: write access suffices).
 pub fn touch_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: a NULL times pointer means "now" for both timestamps.
-    cvt(unsafe { libc::futimens(fd.as_raw_fd(), std::ptr::null()) }).map(drop)
+    let now = nix::sys::time::TimeSpec::UTIME_NOW;
+    Ok(stat::futimens(fd, &now, &now)?)
 }
 
 /// One directory entry as `getdents64` returns it.
@@ -419,10 +352,8 @@ impl Drop for DirentBuf {
 /// [`read_dir`], calling `batch` after each `getdents64` call (a heartbeat for the stall
 /// watchdog: a huge directory is many calls, and only one that hangs is a stall).
 pub fn read_dir_with(dir: BorrowedFd<'_>, batch: &mut dyn FnMut()) -> io::Result<Vec<DirEntry>> {
-    // SAFETY: lseek on a directory fd to offset 0 rewinds the getdents stream.
-    if unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Offset 0 of a directory fd is the start of its getdents stream.
+    unistd::lseek(dir, 0, unistd::Whence::SeekSet)?;
     read_dir_from_here(dir, batch)
 }
 
@@ -432,6 +363,8 @@ pub fn read_dir_once(dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
     read_dir_from_here(dir, &mut || ())
 }
 
+/// By hand: nix's `Dir` is `readdir(3)` on an fd it owns, with libc's buffer, so it could
+/// neither keep the thread's buffer nor call `batch` per `getdents64`.
 fn read_dir_from_here(dir: BorrowedFd<'_>, batch: &mut dyn FnMut()) -> io::Result<Vec<DirEntry>> {
     let mut out = Vec::new();
     let mut buf = DirentBuf::take();
@@ -494,14 +427,10 @@ pub fn hostname() -> String {
     if let Some(h) = std::env::var_os("DOVECOT_HOSTNAME") {
         return h.to_string_lossy().into_owned();
     }
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is writable for its length; gethostname NUL-terminates on success (we also
-    // cap at the buffer length below).
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
-        return "localhost".to_owned();
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..len]).into_owned()
+    unistd::gethostname().map_or_else(
+        |_| "localhost".to_owned(),
+        |h| h.to_string_lossy().into_owned(),
+    )
 }
 
 /// Whether a process with this pid exists, by Dovecot's rule: `kill(pid, 0)` succeeding or
@@ -510,9 +439,11 @@ pub fn process_exists(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }
-    // SAFETY: signal 0 performs only the existence and permission check.
-    let ret = unsafe { libc::kill(pid, 0) };
-    ret == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    // No signal: only the existence and permission check.
+    !matches!(
+        nix::sys::signal::kill(Pid::from_raw(pid), None),
+        Err(Errno::ESRCH)
+    )
 }
 
 /// Result of `fork()` as seen by the caller.
@@ -524,28 +455,33 @@ pub enum Fork {
 /// `fork()`. Only call while the process has a single thread: the child continues with only
 /// the calling thread, and any lock another thread held would stay locked forever.
 pub fn fork() -> io::Result<Fork> {
-    // SAFETY: maildirfs forks before it starts any thread (see `daemon`), so the child is a
-    // complete copy of a single-threaded process.
-    let pid = cvt(unsafe { libc::fork() })?;
-    Ok(if pid == 0 {
-        Fork::Child
-    } else {
-        Fork::Parent(pid)
+    // SAFETY: nix's `fork` is unsafe because the child of a multi-threaded process may only
+    // call async-signal-safe functions; maildirfs forks before it starts any thread (see
+    // `daemon`), so the child is a complete copy of a single-threaded process.
+    Ok(match unsafe { unistd::fork() }? {
+        unistd::ForkResult::Parent { child } => Fork::Parent(child.as_raw()),
+        unistd::ForkResult::Child => Fork::Child,
     })
+}
+
+/// `waitpid(pid, &status, options)`: what it returned and the raw status. By hand: nix's
+/// `waitpid` decodes the status into a `WaitStatus`, which cannot give the raw status back, and
+/// fails with `EINVAL` (the child already reaped) for a signal outside its `Signal` enum, such
+/// as a real-time one.
+fn waitpid_raw(pid: i32, options: libc::c_int) -> io::Result<(libc::pid_t, i32)> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out pointer for the duration of the call.
+    let ret = cvt(unsafe { libc::waitpid(pid, &mut status, options) })?;
+    Ok((ret, status))
 }
 
 /// `waitpid(pid, 0)`, returning the raw status.
 pub fn waitpid(pid: i32) -> io::Result<i32> {
-    let mut status = 0;
     loop {
-        // SAFETY: status is a valid out pointer.
-        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if ret >= 0 {
-            return Ok(status);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
+        match waitpid_raw(pid, 0) {
+            Ok((_, status)) => return Ok(status),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -555,14 +491,11 @@ pub fn waitpid(pid: i32) -> io::Result<i32> {
 pub fn waitpid_for(pid: i32, limit: std::time::Duration) -> Option<i32> {
     let end = std::time::Instant::now() + limit;
     loop {
-        let mut status = 0;
-        // SAFETY: status is a valid out pointer; WNOHANG makes the call return at once.
-        let ret = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if ret == pid {
-            return Some(status);
-        }
-        if ret < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return None;
+        // WNOHANG makes the call return at once (0 while the child runs).
+        match waitpid_raw(pid, libc::WNOHANG) {
+            Ok((ret, status)) if ret == pid => return Some(status),
+            Err(e) if e.raw_os_error() != Some(libc::EINTR) => return None,
+            _ => {}
         }
         if std::time::Instant::now() >= end {
             return None;
@@ -573,46 +506,46 @@ pub fn waitpid_for(pid: i32, limit: std::time::Duration) -> Option<i32> {
 
 /// `setsid()`: leave the caller's session so its terminal's signals do not reach us.
 pub fn setsid() -> io::Result<()> {
-    // SAFETY: setsid has no memory-safety preconditions.
-    cvt(unsafe { libc::setsid() }).map(drop)
+    unistd::setsid()?;
+    Ok(())
 }
 
 /// `pipe2(O_CLOEXEC)`: the read end and the write end of a new pipe.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds: [libc::c_int; 2] = [-1; 2];
-    // SAFETY: `fds` is a writable array of two ints, which pipe2 fills on success.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: pipe2 returned 0, so both fds are new and nothing else owns them.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(unistd::pipe2(OFlag::O_CLOEXEC)?)
 }
 
 /// `flock(fd, LOCK_EX | LOCK_NB)`: `Ok(true)` if the exclusive lock is now held, `Ok(false)`
 /// if another open file description holds a lock on the file. The lock belongs to the open
 /// file description and goes when its last fd is closed.
 pub fn try_flock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    try_flock(fd, libc::LOCK_EX)
+    try_flock(fd, fcntl::FlockArg::LockExclusiveNonblock)
 }
 
 /// `flock(fd, LOCK_SH | LOCK_NB)`: `Ok(true)` if a shared lock is now held, `Ok(false)` if
 /// another open file description holds the exclusive lock. The lock belongs to the open file
 /// description and goes when its last fd is closed.
 pub fn try_flock_shared(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    try_flock(fd, libc::LOCK_SH)
+    try_flock(fd, fcntl::FlockArg::LockSharedNonblock)
 }
 
-fn try_flock(fd: BorrowedFd<'_>, op: libc::c_int) -> io::Result<bool> {
+fn try_flock(fd: BorrowedFd<'_>, arg: fcntl::FlockArg) -> io::Result<bool> {
     loop {
-        // SAFETY: flock on a live fd; no memory is passed.
-        if unsafe { libc::flock(fd.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => {}
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(err),
+        match flock(fd, arg) {
+            Ok(()) => return Ok(true),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EWOULDBLOCK) => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// nix's `flock` on a borrowed fd. Its successor, `Flock`, takes the file by value and unlocks
+/// when dropped; these locks are on fds the callers keep, and last as long as the open file
+/// description, so the plain call (deprecated for that reason only) is the one that fits.
+#[allow(deprecated)]
+fn flock(fd: BorrowedFd<'_>, arg: fcntl::FlockArg) -> nix::Result<()> {
+    fcntl::flock(fd.as_raw_fd(), arg)
 }
 
 /// Points stdin, stdout and stderr at `/dev/null`, so the detached server holds none of the
@@ -622,38 +555,29 @@ pub fn detach_stdio() -> io::Result<()> {
         .read(true)
         .write(true)
         .open("/dev/null")?;
-    for target in 0..=2 {
-        // SAFETY: both fds are valid; dup2 atomically replaces `target`.
-        cvt(unsafe { libc::dup2(null.as_raw_fd(), target) })?;
-    }
+    // dup2 atomically replaces each of them.
+    unistd::dup2_stdin(&null)?;
+    unistd::dup2_stdout(&null)?;
+    unistd::dup2_stderr(&null)?;
     Ok(())
 }
 
 /// The signals that end a session cleanly.
-const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
 
-fn stop_sigset() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set; sigaddset with valid signal numbers cannot fail.
-    unsafe {
-        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        libc::sigemptyset(set.as_mut_ptr());
-        let mut set = set.assume_init();
-        for s in STOP_SIGNALS {
-            libc::sigaddset(&mut set, s);
-        }
-        set
+fn stop_sigset() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in STOP_SIGNALS {
+        set.add(s);
     }
+    set
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and in every thread it starts
 /// afterwards, so that only `wait_stop_signal` receives them.
 pub fn block_stop_signals() -> io::Result<()> {
-    let set = stop_sigset();
-    // SAFETY: set is initialised; the old-set pointer may be NULL.
-    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if ret != 0 {
-        return Err(io::Error::from_raw_os_error(ret));
-    }
+    // (pthread_sigmask fails only for an invalid `how`, which SIG_BLOCK is not.)
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&stop_sigset()), None)?;
     Ok(())
 }
 
@@ -661,17 +585,16 @@ pub fn block_stop_signals() -> io::Result<()> {
 pub fn wait_stop_signal() -> libc::c_int {
     let set = stop_sigset();
     loop {
-        let mut sig = 0;
-        // SAFETY: set is initialised and sig is a valid out pointer.
-        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            return sig;
+        if let Ok(sig) = set.wait() {
+            return sig as libc::c_int;
         }
     }
 }
 
 /// Ends the process at once with `code`, without running exit handlers or waiting for
 /// anything: for the signal thread when the main flow is stuck in a syscall. Nothing buffered
-/// is lost (the log writes each line through), and the kernel closes every fd.
+/// is lost (the log writes each line through), and the kernel closes every fd. By hand: nix has
+/// no `_exit`, and std's `exit` runs the exit handlers this must not wait for.
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit(2) takes an int and never returns; it is async-signal-safe and needs no
     // state of ours.
@@ -680,42 +603,46 @@ pub fn exit_now(code: i32) -> ! {
 
 /// `umount2(path, flags)`.
 pub fn umount(path: &std::path::Path, flags: libc::c_int) -> io::Result<()> {
-    let c = cstring(path.as_os_str())?;
-    // SAFETY: NUL-terminated path.
-    cvt(unsafe { libc::umount2(c.as_ptr(), flags) }).map(drop)
+    Ok(nix::mount::umount2(
+        path,
+        nix::mount::MntFlags::from_bits_retain(flags),
+    )?)
 }
 
 /// `geteuid()`.
 pub fn geteuid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
+    unistd::geteuid().as_raw()
 }
 
 /// Sets the nice value of the calling thread (not the process: on Linux a thread's priority
 /// is its own). Raising it is always allowed; lowering it needs `CAP_SYS_NICE`. (The
 /// benchmark's lock watcher runs at -20, so that its own wake-ups do not stretch the holds it
-/// times.)
+/// times.) `setpriority` by hand: nix has none.
 pub fn set_thread_nice(nice: i32) -> io::Result<()> {
-    // SAFETY: gettid cannot fail.
-    let tid = unsafe { libc::gettid() };
-    // SAFETY: setpriority changes only the scheduling priority of the thread `tid`.
+    let tid = unistd::gettid().as_raw();
+    // SAFETY: setpriority takes no pointers; it changes only the scheduling priority of the
+    // thread `tid`.
     cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) }).map(drop)
 }
 
 /// `getpid()`.
 pub fn getpid() -> i32 {
-    // SAFETY: getpid cannot fail.
-    unsafe { libc::getpid() }
+    unistd::getpid().as_raw()
 }
 
 /// Opens the syslog connection with ident `maildirfs`.
 pub fn openlog() {
+    // nix keeps the ident as given, which syslog goes on using: it takes only a `'static` one.
     static IDENT: &CStr = c"maildirfs";
-    // SAFETY: IDENT is a static NUL-terminated string, so it outlives every later syslog call.
-    unsafe { libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+    let _ = nix::syslog::openlog(
+        Some(IDENT),
+        nix::syslog::LogFlags::LOG_PID,
+        nix::syslog::Facility::LOG_DAEMON,
+    );
 }
 
-/// Sends one line to syslog at `priority`.
+/// Sends one line to syslog at `priority`. By hand: nix's `Priority` is built only from its
+/// `Severity` and `Facility` enums, not from the raw priority this takes.
 pub fn syslog(priority: libc::c_int, line: &str) {
     let Ok(c) = CString::new(line.replace('\0', "\\0")) else {
         return;
@@ -757,26 +684,18 @@ pub fn read_without_atime(
 
 /// Whether `fd` was opened with `O_PATH` (cannot be read).
 pub fn is_path_fd(fd: BorrowedFd<'_>) -> bool {
-    // SAFETY: F_GETFL only reads the open file's status flags.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    flags >= 0 && flags & libc::O_PATH != 0
+    fcntl::fcntl(fd, FcntlArg::F_GETFL).is_ok_and(|flags| oflag(flags).contains(OFlag::O_PATH))
 }
 
 /// Reopens a pinned inode for reading through `/proc/self/fd/N` (the kernel resolves that magic
 /// link to the inode itself, whatever its name is now, or if it has none left).
 pub fn reopen_pinned(pin: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
-    let path = CString::new(format!("/proc/self/fd/{}", pin.as_raw_fd()))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let path = format!("/proc/self/fd/{}", pin.as_raw_fd());
+    let flags = oflag(flags) | OFlag::O_CLOEXEC;
     loop {
-        // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
-        let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
-        if fd >= 0 {
-            // SAFETY: open just returned this fd to us and nothing else owns it.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
+        match fcntl::open(path.as_str(), flags, Mode::empty()) {
+            Err(Errno::EINTR) => {}
+            other => return other.map_err(io::Error::from),
         }
     }
 }
@@ -785,33 +704,25 @@ pub fn reopen_pinned(pin: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<Owne
 /// (which needs `CAP_SYS_RESOURCE` above the hard limit), else to the hard limit. Returns the
 /// soft limit in force afterwards.
 pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: lim is a valid out pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((mut cur, max)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 1024;
-    }
+    };
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(lim.rlim_max);
-    for target in [nr_open.max(lim.rlim_max), lim.rlim_max] {
-        if target <= lim.rlim_cur {
+        .unwrap_or(max);
+    for target in [nr_open.max(max), max] {
+        if target <= cur {
             break;
         }
-        let want = libc::rlimit {
-            rlim_cur: target,
-            rlim_max: target.max(lim.rlim_max),
-        };
-        // SAFETY: want is a valid rlimit; failure leaves the limit as it was.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            lim.rlim_cur = target;
+        // A failure leaves the limit as it was.
+        if setrlimit(Resource::RLIMIT_NOFILE, target, target.max(max)).is_ok() {
+            cur = target;
             break;
         }
     }
-    lim.rlim_cur
+    cur
 }
 
 /// How many fds this process has open now.
@@ -828,15 +739,14 @@ pub fn grow_fd_table(n: usize, any_open: BorrowedFd<'_>) {
     let Ok(n) = libc::c_int::try_from(n) else {
         return;
     };
-    // SAFETY: F_DUPFD_CLOEXEC returns a new fd (>= n) that nothing else owns, or -1.
-    let fd = unsafe { libc::fcntl(any_open.as_raw_fd(), libc::F_DUPFD_CLOEXEC, n) };
-    if fd >= 0 {
-        // SAFETY: `fd` was just created for us and is closed exactly once, here.
+    if let Ok(fd) = fcntl::fcntl(any_open, FcntlArg::F_DUPFD_CLOEXEC(n)) {
+        // SAFETY: F_DUPFD_CLOEXEC just returned this new fd (>= n), which nothing else owns
+        // (nix hands it back as a bare number); it is closed exactly once, here.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
 }
 
-/// Fixes glibc's mmap threshold at its default (128 KiB). Left dynamic, it rises after the
+/// Fixes glibc's mmap threshold at its default (128 KiB), by hand: nix has no `mallopt`. Left dynamic, it rises after the
 /// capture frees its large buffers, and then the FUSE library's 16 MiB request buffer (one per
 /// worker) comes from the heap and is zeroed page by page instead of arriving as untouched
 /// mmap'd pages: about 10 MB of resident memory per worker, for nothing.
@@ -845,8 +755,8 @@ pub fn fix_mmap_threshold() {
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
 }
 
-/// Gives freed heap memory back to the kernel (`malloc_trim`): the capture's listings are
-/// freed once the snapshot is built, and a mount lives for hours.
+/// Gives freed heap memory back to the kernel (`malloc_trim`, by hand: nix has none): the
+/// capture's listings are freed once the snapshot is built, and a mount lives for hours.
 pub fn trim_heap() {
     // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
     unsafe { libc::malloc_trim(0) };
