@@ -43,7 +43,6 @@ pub mod error;
 pub(crate) mod image;
 pub mod maildir;
 pub(crate) mod serve;
-#[allow(missing_docs)] // Documented with its rewrite onto nix.
 pub mod sys;
 
 #[cfg(test)]

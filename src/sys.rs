@@ -27,6 +27,52 @@ use nix::unistd::{self, Pid};
 /// The raw `stat` of a file, as captured. Re-exported so callers name one type.
 pub type Stat = libc::stat;
 
+/// A file time as `stat` gives it: seconds and nanoseconds since the epoch. Ordered, so that
+/// two times compare as the instants they are.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileTime {
+    /// Whole seconds (negative before 1970).
+    pub sec: i64,
+    /// Nanoseconds within the second, 0 to 999,999,999.
+    pub nsec: u32,
+}
+
+impl FileTime {
+    /// `st`'s modification time.
+    pub fn mtime(st: &Stat) -> FileTime {
+        FileTime::new(st.st_mtime, st.st_mtime_nsec)
+    }
+
+    /// `st`'s status-change time.
+    pub fn ctime(st: &Stat) -> FileTime {
+        FileTime::new(st.st_ctime, st.st_ctime_nsec)
+    }
+
+    /// `t`, as a file time (the epoch for a time before it).
+    pub fn of(t: std::time::SystemTime) -> FileTime {
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        FileTime {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        }
+    }
+
+    /// This time as a `SystemTime` (the epoch for a time before it).
+    pub fn system_time(self) -> std::time::SystemTime {
+        match u64::try_from(self.sec) {
+            Ok(sec) => std::time::UNIX_EPOCH + std::time::Duration::new(sec, self.nsec),
+            Err(_) => std::time::UNIX_EPOCH,
+        }
+    }
+
+    fn new(sec: i64, nsec: i64) -> FileTime {
+        FileTime {
+            sec,
+            nsec: nsec.clamp(0, 999_999_999) as u32,
+        }
+    }
+}
+
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
         Err(io::Error::last_os_error())
@@ -308,7 +354,9 @@ pub fn touch_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// One directory entry as `getdents64` returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
+    /// Its name in the directory, as bytes.
     pub name: Vec<u8>,
+    /// Its inode number.
     pub ino: u64,
     /// `DT_*` from the directory; `DT_UNKNOWN` on filesystems that do not fill it.
     pub d_type: u8,
@@ -448,7 +496,9 @@ pub fn process_exists(pid: i32) -> bool {
 
 /// Result of `fork()` as seen by the caller.
 pub enum Fork {
+    /// In the parent, with the child's pid.
     Parent(i32),
+    /// In the child.
     Child,
 }
 

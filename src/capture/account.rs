@@ -1049,20 +1049,22 @@ const QUIET: Duration = Duration::from_secs(2);
 /// A wall-clock time (s, ns) as file times give it: a file whose ctime is before it has not
 /// changed since [`QUIET`] before a read began.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Quiet(i64, i64);
+struct Quiet(sys::FileTime);
 
 impl Quiet {
     fn before_now() -> Quiet {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_sub(QUIET);
-        Quiet(t.as_secs() as i64, i64::from(t.subsec_nanos()))
+        let now = std::time::SystemTime::now();
+        Quiet(sys::FileTime::of(now.checked_sub(QUIET).unwrap_or(now)))
     }
 
     /// Whether `st` was last changed before this time.
     fn holds(self, st: &sys::Stat) -> bool {
-        Quiet(st.st_ctime, st.st_ctime_nsec) < self
+        self.after(sys::FileTime::ctime(st))
+    }
+
+    /// Whether `t` is before this time.
+    fn after(self, t: sys::FileTime) -> bool {
+        t < self.0
     }
 }
 
@@ -1227,7 +1229,7 @@ impl PreListing {
     /// shows in their stamps.
     fn quiet(&self, quiet: Quiet) -> bool {
         let (n, c) = self.stamps;
-        Quiet(n.3, n.4) < quiet && Quiet(c.3, c.4) < quiet
+        quiet.after(n.ctime) && quiet.after(c.ctime)
     }
 }
 
@@ -1338,8 +1340,13 @@ fn open_messages_dir(
     }
 }
 
-/// A directory's change stamp: (ino, mtime s, ns, ctime s, ns); all zero for an unreadable one.
-type DirStamp = (u64, i64, i64, i64, i64);
+/// A directory's change stamp: its inode, mtime and ctime; all zero for an unreadable one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct DirStamp {
+    ino: u64,
+    mtime: sys::FileTime,
+    ctime: sys::FileTime,
+}
 
 /// The [`DirStamp`] of the directory open at `fd`.
 fn dir_stamp(fd: &Option<OwnedFd>, path: &Path) -> Result<DirStamp> {
@@ -1351,13 +1358,11 @@ fn dir_stamp(fd: &Option<OwnedFd>, path: &Path) -> Result<DirStamp> {
 }
 
 fn stamp_of(st: &sys::Stat) -> DirStamp {
-    (
-        st.st_ino,
-        st.st_mtime,
-        st.st_mtime_nsec,
-        st.st_ctime,
-        st.st_ctime_nsec,
-    )
+    DirStamp {
+        ino: st.st_ino,
+        mtime: sys::FileTime::mtime(st),
+        ctime: sys::FileTime::ctime(st),
+    }
 }
 
 /// The stamp of the directory `sub` of `mailbox` by its name, if it is a directory.
@@ -1576,21 +1581,7 @@ fn read_once(
 
 /// Whether two stats of one file show the same version of its content.
 fn same_version(a: &sys::Stat, b: &sys::Stat) -> bool {
-    (
-        a.st_ino,
-        a.st_size,
-        a.st_mtime,
-        a.st_mtime_nsec,
-        a.st_ctime,
-        a.st_ctime_nsec,
-    ) == (
-        b.st_ino,
-        b.st_size,
-        b.st_mtime,
-        b.st_mtime_nsec,
-        b.st_ctime,
-        b.st_ctime_nsec,
-    )
+    (a.st_ino, a.st_size) == (b.st_ino, b.st_size) && stamp_of(a) == stamp_of(b)
 }
 
 /// A small xorshift generator for back-off jitter; it needs no quality, only variety between

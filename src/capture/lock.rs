@@ -395,8 +395,8 @@ fn override_if_stale(dir: &Arc<OwnedFd>, path: &Path) -> Result<Staleness> {
     let content = read_small(dir, name).unwrap_or_default();
     let holder = String::from_utf8_lossy(&content).into_owned();
     let now = SystemTime::now();
-    let mtime = time_of(st.st_mtime, st.st_mtime_nsec);
-    let ctime = time_of(st.st_ctime, st.st_ctime_nsec);
+    let mtime = sys::FileTime::mtime(&st).system_time();
+    let ctime = sys::FileTime::ctime(&st).system_time();
     let age = now.duration_since(mtime).unwrap_or_default();
     let stale = match parse_holder(&content) {
         Some((pid, host)) if host == sys::hostname() => {
@@ -407,9 +407,8 @@ fn override_if_stale(dir: &Arc<OwnedFd>, path: &Path) -> Result<Staleness> {
             // STALE_TIMEOUT.
             let mut last = mtime.max(ctime);
             if let Ok(u) = sys::lstat_at(dir.as_fd(), OsStr::from_bytes(UIDLIST)) {
-                last = last
-                    .max(time_of(u.st_mtime, u.st_mtime_nsec))
-                    .max(time_of(u.st_ctime, u.st_ctime_nsec));
+                let (m, c) = (sys::FileTime::mtime(&u), sys::FileTime::ctime(&u));
+                last = last.max(m.system_time()).max(c.system_time());
             }
             now.duration_since(last).unwrap_or_default() > STALE_TIMEOUT
         }
@@ -457,14 +456,6 @@ fn read_small(dir: &Arc<OwnedFd>, name: &OsStr) -> std::io::Result<Vec<u8>> {
         &mut buf,
     )?;
     Ok(buf)
-}
-
-fn time_of(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
-    } else {
-        SystemTime::UNIX_EPOCH
-    }
 }
 
 /// The lock content this process writes: `<pid>:<host>`, with the host Dovecot sees

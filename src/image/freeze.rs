@@ -1091,18 +1091,18 @@ pub fn attr_of(st: &sys::Stat) -> Attr {
     Attr::new(
         Ino(st.st_ino),
         st.st_size.max(0) as u64,
-        stamp(st.st_mtime, st.st_mtime_nsec),
-        stamp(st.st_ctime, st.st_ctime_nsec),
+        stamp(sys::FileTime::mtime(st)),
+        stamp(sys::FileTime::ctime(st)),
         (st.st_mode & 0o7777) as u16,
         st.st_uid,
         st.st_gid,
     )
 }
 
-fn stamp(sec: i64, nsec: i64) -> Stamp {
+fn stamp(t: sys::FileTime) -> Stamp {
     Stamp {
-        sec,
-        nsec: nsec.clamp(0, 999_999_999) as u32,
+        sec: t.sec,
+        nsec: t.nsec,
     }
 }
 

@@ -254,9 +254,8 @@ impl Source {
         let size = st.st_size.max(0) as u64;
         let same_content = match node.kind {
             Kind::File(Content::Message) => {
-                size == node.attr.size
-                    && st.st_mtime == node.attr.mtime().sec
-                    && st.st_mtime_nsec == i64::from(node.attr.mtime().nsec)
+                let (now, then) = (sys::FileTime::mtime(&st), node.attr.mtime());
+                size == node.attr.size && (now.sec, now.nsec) == (then.sec, then.nsec)
             }
             _ => size >= node.attr.size,
         };
