@@ -1,4 +1,4 @@
-//! The maildirfs benchmark: builds a synthetic tree with the generator of `gen_maildir.rs`, then
+//! The maildirfs benchmark: builds a synthetic tree with the generator `gen_maildir`, then
 //! measures, in the same run and side by side, the same work done directly on SOURCE and
 //! through a maildirfs view, and prints one table (medians of several runs, with min and max).
 //!
@@ -11,15 +11,9 @@
 //! Needs root (to mount, and to drop caches for the cold-cache row) and rsync. A benchmark is
 //! not a test: nothing here asserts a time; `tests/bench_smoke.rs` only runs it on a tiny tree.
 
-#[path = "gen_maildir.rs"]
-mod gen_maildir;
-
-#[path = "shared/lock_watch.rs"]
-mod lock_watch;
-
-/// The tests' helpers: where a mount's server is.
-#[path = "../tests/common/mod.rs"]
-mod common;
+// The tests' helpers (where a mount's server is), the tree generator and the lock watcher.
+use maildirfs_testkit as common;
+use maildirfs_testkit::{gen_maildir, lock_watch};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -13,12 +13,9 @@
 //! `--tree DIR` keeps the generated tree there (made if missing) for the next run. Needs root
 //! (to mount) and GNU tar. A benchmark, not a test: nothing here asserts a time.
 
-#[path = "gen_maildir.rs"]
-mod gen_maildir;
-
-/// The tests' helpers: where a mount's server is.
-#[path = "../tests/common/mod.rs"]
-mod common;
+// The tests' helpers (where a mount's server is) and the tree generator.
+use maildirfs_testkit as common;
+use maildirfs_testkit::gen_maildir;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

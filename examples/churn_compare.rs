@@ -11,8 +11,7 @@
 //! cargo build --release && cargo run --release --example churn_compare -- --seconds 30
 //! ```
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use maildirfs_testkit as common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

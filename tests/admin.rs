@@ -1,7 +1,7 @@
 //! For the mail admin: `status`, `verify`, `--include`/`--exclude`, the progress line,
 //! `--summary-json`, and mounting from an fstab line.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::ffi::OsStr;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The benchmark must keep working: run it on a tiny tree. Times are not checked (a benchmark
 //! is not a test); that it runs to the end and prints every row is.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::process::Command;
 

@@ -4,7 +4,7 @@
 //! Maildir, and learns the template from `doveconf` when it describes SOURCE. The Dovecot
 //! tests show the same against Dovecot 2.3 and 2.4.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! Each test runs twice: against Dovecot 2.3 on the host (`name::dovecot23`) and against
 //! Dovecot 2.4 in the Debian 13 root (`name::dovecot24`).
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;

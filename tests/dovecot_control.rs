@@ -5,7 +5,7 @@
 //! directories, so a copy of it restores into a default layout with every UID; and the
 //! documented way back into a store with a control tree keeps them too.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

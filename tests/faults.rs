@@ -7,7 +7,7 @@
 //! is what a capture sees of a directory that a mail user chmods 000 on a root-squashed NFS
 //! export, or under a hardened service unit.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! store after the mount, and backup tools see an unchanged store as unchanged from one mount to
 //! the next, so they stay incremental.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;

@@ -1,6 +1,6 @@
 //! Hostile and odd input: each is served or reported, never crashes, never hangs.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::ffi::OsStr;
 use std::io::Write;

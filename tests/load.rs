@@ -1,10 +1,7 @@
 //! Load: many readers at once over a large view, and many mount cycles leaving nothing behind.
 
-mod common;
-
-#[path = "../examples/gen_maildir.rs"]
-#[allow(dead_code)]
-mod gen_maildir;
+use maildirfs_testkit as common;
+use maildirfs_testkit::gen_maildir;
 
 use std::process::{Command, Stdio};
 

@@ -1,13 +1,11 @@
 //! The committed man pages are what the clap definition renders now.
 
-#[allow(dead_code)]
-#[path = "../examples/gen_man.rs"]
-mod gen_man;
+use maildirfs_testkit::man;
 
 #[test]
 fn man_pages_are_up_to_date() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let pages = gen_man::pages().unwrap();
+    let pages = man::pages().unwrap();
     let mut names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
     names.sort();
     assert_eq!(

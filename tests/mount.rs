@@ -1,7 +1,7 @@
 //! The product through real mounts: what the view shows, that it stays frozen, that it is
 //! read-only, the lock protocol as seen from outside, the errors, and detaching.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;

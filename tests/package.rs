@@ -7,7 +7,7 @@
 //! writable layer is a tmpfs, in a mount and network namespace of the test's own: the install
 //! never reaches the cached root nor the network, and all of it vanishes with the namespace.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};

@@ -6,7 +6,7 @@
 //!
 //! Every file here is planted by uid 5000 (`setpriv --reuid`), as the account's owner would.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! read ahead), a listing reads nothing ahead, and what is read ahead is the captured bytes
 //! after renames and expunges in the live tree.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

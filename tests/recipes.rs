@@ -1,7 +1,7 @@
 //! Each recipe in `examples/recipes/` run on a fixture store, as an admin would run it, and
 //! the systemd units in `examples/systemd/` checked by `systemd-analyze verify`.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

@@ -1,6 +1,6 @@
 //! Hardening: a root daemon over everyone's mail. Each attack or fault is its own test.
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};

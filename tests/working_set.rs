@@ -4,7 +4,7 @@
 //! kept for the same file, names forgotten on eviction, pages kept, `ESTALE` for a node that
 //! is gone, a busy account holding up only itself).
 
-mod common;
+use maildirfs_testkit as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;

@@ -8,7 +8,6 @@
 //! the host is held by them. The PID namespace and the host name are the host's, so a lock's
 //! `pid:host` means the same inside and outside: Dovecot 2.4 in the root and maildirfs on the
 //! host keep each other out as on one server.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,7 +48,7 @@ pub fn debian13() -> Option<Debian13> {
     let root = std::env::var_os("MAILDIRFS_DEBIAN13_ROOT")
         .filter(|r| !r.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian13-root"));
+        .unwrap_or_else(|| repo_root().join("target/debian13-root"));
     let root = std::fs::canonicalize(&root).unwrap_or(root);
     if root.join(STAMP).exists() {
         return Some(Debian13 { root });
@@ -65,6 +64,13 @@ pub fn debian13() -> Option<Debian13> {
         root.display()
     );
     None
+}
+
+/// The repository's root, where `scripts/debian13-root` builds: this crate is its `testkit/`.
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit/ has a parent")
 }
 
 impl Debian13 {

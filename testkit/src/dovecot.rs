@@ -6,7 +6,6 @@
 //! root (`debian13.rs`), each with its own config syntax. A user is `alice` (home
 //! `<homes>/alice`) or `alice@example.org` (home `<homes>/example.org/alice`), with the Maildir
 //! in `Maildir/` of the home; the control files are there too, or in a separate control tree.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -166,7 +165,7 @@ pub fn can_run(mounts: bool, flavor: fn() -> Option<Flavor>) -> Option<Flavor> {
 macro_rules! against_both_dovecots {
     ($($name:ident => $mounts:expr),* $(,)?) => {$(
         mod $name {
-            use super::common::dovecot::{Flavor, can_run};
+            use $crate::dovecot::{Flavor, can_run};
             #[test]
             fn dovecot23() {
                 if let Some(f) = can_run($mounts, Flavor::host23) {

@@ -2,7 +2,6 @@
 //! deliveries, flag changes, moves and expunges through Dovecot, and a mail client renaming
 //! for flags without any lock, all at once, while the store is copied again and again; and the
 //! oracle that checks each copy.
-#![allow(dead_code)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

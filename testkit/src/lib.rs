@@ -1,11 +1,15 @@
-//! Shared helpers for the integration tests: fixture trees in temporary directories, the real
-//! binary, and a mount guard that always unmounts.
-#![allow(dead_code)]
+//! Shared helpers for the integration tests and the examples: fixture trees in temporary
+//! directories, the real binary, and a mount guard that always unmounts; in modules, a private
+//! Dovecot, the churn workload, a faulty FUSE source, the tree generator, the lock watcher and
+//! the man pages.
 
 pub mod churn;
 pub mod debian13;
 pub mod dovecot;
 pub mod faulty;
+pub mod gen_maildir;
+pub mod lock_watch;
+pub mod man;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -17,13 +21,13 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// The maildirfs binary: cargo's for tests; for an example, the one built beside it.
+/// The maildirfs binary built beside the running test or example. Not
+/// `CARGO_BIN_EXE_maildirfs`: cargo sets that only for the package's own tests, not for this
+/// crate; and it builds the binary before those tests run.
 pub fn bin() -> PathBuf {
-    if let Some(b) = option_env!("CARGO_BIN_EXE_maildirfs") {
-        return PathBuf::from(b);
-    }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/examples/<name> -> target/<profile>/maildirfs
+    // target/<profile>/deps/<test>-<hash> or target/<profile>/examples/<name>
+    // -> target/<profile>/maildirfs
     exe.parent()
         .and_then(Path::parent)
         .map(|d| d.join("maildirfs"))
