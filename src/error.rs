@@ -147,7 +147,7 @@ mod tests {
         let e = Error::io(
             "cannot open source",
             "/var/vmail",
-            io::Error::from_raw_os_error(libc::ENOENT),
+            io::Error::from(crate::sys::Errno::ENOENT),
         );
         assert_eq!(
             e.to_string(),

@@ -18,14 +18,75 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use nix::errno::Errno;
-use nix::fcntl::{self, AtFlags, FcntlArg, OFlag, OpenHow, ResolveFlag};
+pub use nix::errno::Errno;
+pub use nix::fcntl::OFlag;
+use nix::fcntl::{self, AtFlags, FcntlArg, OpenHow, ResolveFlag};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::stat::{self, Mode};
 use nix::unistd::{self, Pid};
 
 /// The raw `stat` of a file, as captured. Re-exported so callers name one type.
 pub type Stat = libc::stat;
+
+/// The error number of an I/O error, typed (`None` for an error that is not the kernel's).
+pub fn errno(e: &io::Error) -> Option<Errno> {
+    e.raw_os_error().map(Errno::from_raw)
+}
+
+/// What kind of file a `stat` or a directory entry shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file.
+    Regular,
+    /// A directory.
+    Directory,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+    /// A device, or anything else.
+    Other,
+}
+
+impl FileKind {
+    /// The kind of a file from its `st_mode`.
+    pub fn of_mode(mode: u32) -> FileKind {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => FileKind::Regular,
+            libc::S_IFDIR => FileKind::Directory,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            _ => FileKind::Other,
+        }
+    }
+}
+
+/// A directory entry's `d_type` (see [`DirEntry::d_type`]): a directory.
+pub const DT_DIR: u8 = libc::DT_DIR;
+/// A directory entry's `d_type`: a regular file.
+pub const DT_REG: u8 = libc::DT_REG;
+/// A directory entry's `d_type`: a symbolic link.
+pub const DT_LNK: u8 = libc::DT_LNK;
+/// A directory entry's `d_type`: not known (the filesystem does not fill it; `lstat` it).
+pub const DT_UNKNOWN: u8 = libc::DT_UNKNOWN;
+
+/// How much a syslog line matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// `LOG_ERR`.
+    Err,
+    /// `LOG_WARNING`.
+    Warning,
+    /// `LOG_NOTICE`.
+    Notice,
+    /// `LOG_INFO`.
+    Info,
+    /// `LOG_DEBUG`.
+    Debug,
+}
 
 /// A file time as `stat` gives it: seconds and nanoseconds since the epoch. Ordered, so that
 /// two times compare as the instants they are.
@@ -88,8 +149,8 @@ fn oflag(flags: libc::c_int) -> OFlag {
 
 /// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC)`. `name` is one path component or a
 /// relative path; symlinks in the last component are never followed.
-pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    let flags = oflag(flags) | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag) -> io::Result<OwnedFd> {
+    let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     loop {
         match fcntl::openat(dir, name, flags, Mode::from_bits_truncate(0o666)) {
             Err(Errno::EINTR) => {}
@@ -105,7 +166,7 @@ pub fn open_untrusted(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(OwnedFd,
     let fd = openat(
         dir,
         name,
-        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
     )?;
     let st = fstat(fd_borrow(&fd))?;
     Ok((fd, st))
@@ -125,14 +186,14 @@ pub fn open_admin_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
 
 /// Opens a directory component relative to `dir` without following a symlink.
 pub fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
-    openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY)
+    openat(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
 }
 
 /// Creates `name` in `dir` with `O_CREAT|O_EXCL` (the Dovecot dotlock create), mode 0666 minus
 /// the umask.
 pub fn create_excl_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     // Read-write: the holder reads its lock back to see that nobody rewrote it in place.
-    openat(dir, name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL)
+    openat(dir, name, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL)
 }
 
 static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
@@ -142,7 +203,7 @@ static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
 /// RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` where the kernel has it (Linux >= 5.6), otherwise
 /// (and for paths longer than `PATH_MAX`) a component-by-component walk with `O_NOFOLLOW` that
 /// rejects `..`.
-pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: OFlag) -> io::Result<OwnedFd> {
     if rel.is_empty() {
         return openat(root, OsStr::new("."), flags);
     }
@@ -159,10 +220,10 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io
     open_walk(root, rel, flags)
 }
 
-fn openat2_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+fn openat2_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: OFlag) -> io::Result<OwnedFd> {
     // The mode stays 0 (the kernel refuses any other without O_CREAT or O_TMPFILE).
     let how = OpenHow::new()
-        .flags(oflag(flags) | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
         .resolve(
             ResolveFlag::RESOLVE_BENEATH
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
@@ -177,7 +238,7 @@ fn openat2_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io:
     }
 }
 
-fn open_walk(root: BorrowedFd<'_>, rel: &OsStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+fn open_walk(root: BorrowedFd<'_>, rel: &OsStr, flags: OFlag) -> io::Result<OwnedFd> {
     let root_dev = fstat(root)?.st_dev;
     let parts: Vec<&[u8]> = rel
         .as_bytes()
@@ -255,7 +316,7 @@ pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
 /// A file without a name in directory `dir` (`O_TMPFILE`), read-write, mode 0666 less the
 /// umask; it gets a name only through [`link_fd_at`].
 pub fn tmpfile_in(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    openat(dir, OsStr::new("."), libc::O_TMPFILE | libc::O_RDWR)
+    openat(dir, OsStr::new("."), OFlag::O_TMPFILE | OFlag::O_RDWR)
 }
 
 /// Gives the file open as `fd` (an `O_TMPFILE` never linked) the name `name` in `dir`; fails
@@ -652,11 +713,8 @@ pub fn exit_now(code: i32) -> ! {
 }
 
 /// `umount2(path, flags)`.
-pub fn umount(path: &std::path::Path, flags: libc::c_int) -> io::Result<()> {
-    Ok(nix::mount::umount2(
-        path,
-        nix::mount::MntFlags::from_bits_retain(flags),
-    )?)
+pub fn umount(path: &std::path::Path) -> io::Result<()> {
+    Ok(nix::mount::umount2(path, nix::mount::MntFlags::empty())?)
 }
 
 /// `geteuid()`.
@@ -693,7 +751,14 @@ pub fn openlog() {
 
 /// Sends one line to syslog at `priority`. By hand: nix's `Priority` is built only from its
 /// `Severity` and `Facility` enums, not from the raw priority this takes.
-pub fn syslog(priority: libc::c_int, line: &str) {
+pub fn syslog(priority: Priority, line: &str) {
+    let priority = match priority {
+        Priority::Err => libc::LOG_ERR,
+        Priority::Warning => libc::LOG_WARNING,
+        Priority::Notice => libc::LOG_NOTICE,
+        Priority::Info => libc::LOG_INFO,
+        Priority::Debug => libc::LOG_DEBUG,
+    };
     let Ok(c) = CString::new(line.replace('\0', "\\0")) else {
         return;
     };
@@ -710,24 +775,24 @@ pub fn syslog(priority: libc::c_int, line: &str) {
 /// is `O_PATH`. Symlinks are never followed.
 pub fn pin_at(dir: BorrowedFd<'_>, name: &OsStr, regular: bool) -> io::Result<OwnedFd> {
     if regular {
-        match openat(dir, name, READ_NOATIME | libc::O_NONBLOCK) {
+        match openat(dir, name, READ_NOATIME | OFlag::O_NONBLOCK) {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
             other => return other,
         }
     }
-    openat(dir, name, libc::O_PATH)
+    openat(dir, name, OFlag::O_PATH)
 }
 
 /// Reading without touching atime: `O_NOATIME` needs ownership of the file or root.
-const READ_NOATIME: libc::c_int = libc::O_RDONLY | libc::O_NOATIME;
+const READ_NOATIME: OFlag = OFlag::O_RDONLY.union(OFlag::O_NOATIME);
 
 /// `open(flags)` with [`READ_NOATIME`], and again with plain `O_RDONLY` where `O_NOATIME` is
 /// refused (`EPERM`: neither owner nor root).
 pub fn read_without_atime(
-    mut open: impl FnMut(libc::c_int) -> io::Result<OwnedFd>,
+    mut open: impl FnMut(OFlag) -> io::Result<OwnedFd>,
 ) -> io::Result<OwnedFd> {
     match open(READ_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(libc::O_RDONLY),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(OFlag::O_RDONLY),
         other => other,
     }
 }
@@ -739,9 +804,9 @@ pub fn is_path_fd(fd: BorrowedFd<'_>) -> bool {
 
 /// Reopens a pinned inode for reading through `/proc/self/fd/N` (the kernel resolves that magic
 /// link to the inode itself, whatever its name is now, or if it has none left).
-pub fn reopen_pinned(pin: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
+pub fn reopen_pinned(pin: BorrowedFd<'_>, flags: OFlag) -> io::Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", pin.as_raw_fd());
-    let flags = oflag(flags) | OFlag::O_CLOEXEC;
+    let flags = flags | OFlag::O_CLOEXEC;
     loop {
         match fcntl::open(path.as_str(), flags, Mode::empty()) {
             Err(Errno::EINTR) => {}

@@ -105,3 +105,31 @@ fn every_stage_is_a_folder() {
         ["error.rs", "lib.rs", "main.rs", "sys.rs", "testutil.rs"]
     );
 }
+
+/// Syscalls are typed in one place: flags, error numbers and file kinds reach the rest of the
+/// code as `sys`'s types (nix's `OFlag` and `Errno`, `FileKind`), never as raw `libc` values.
+#[test]
+fn libc_is_used_only_in_sys() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let outside: Vec<String> = files
+        .iter()
+        .filter(|f| !f.ends_with("sys.rs"))
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            let rel = f.strip_prefix(&src).unwrap().display().to_string();
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| l.split("//").next().unwrap_or("").contains("libc::"))
+                .map(|(n, _)| format!("{rel}:{}", n + 1))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "libc:: outside sys.rs:\n{}",
+        outside.join("\n")
+    );
+    assert!(src.join("sys.rs").is_file());
+}

@@ -164,12 +164,20 @@ fn dotdot_absolute_and_symlinked_paths_cannot_leave_source() {
         "/etc/passwd",
         "Maildir/etc/passwd",
     ] {
-        let r = maildirfs::sys::open_beneath(root.as_fd(), OsStr::new(rel), libc::O_RDONLY);
+        let r = maildirfs::sys::open_beneath(
+            root.as_fd(),
+            OsStr::new(rel),
+            maildirfs::sys::OFlag::O_RDONLY,
+        );
         assert!(r.is_err(), "{rel} opened");
     }
     assert!(
-        maildirfs::sys::open_beneath(root.as_fd(), OsStr::new("Maildir/cur"), libc::O_RDONLY)
-            .is_ok()
+        maildirfs::sys::open_beneath(
+            root.as_fd(),
+            OsStr::new("Maildir/cur"),
+            maildirfs::sys::OFlag::O_RDONLY
+        )
+        .is_ok()
     );
 }
 

@@ -86,11 +86,11 @@ impl Logger {
         }
         if self.syslog.load(Ordering::Relaxed) {
             let prio = match label {
-                "error" => libc::LOG_ERR,
-                "warning" => libc::LOG_WARNING,
-                "notice" => libc::LOG_NOTICE,
-                "info" => libc::LOG_INFO,
-                _ => libc::LOG_DEBUG,
+                "error" => sys::Priority::Err,
+                "warning" => sys::Priority::Warning,
+                "notice" => sys::Priority::Notice,
+                "info" => sys::Priority::Info,
+                _ => sys::Priority::Debug,
             };
             sys::syslog(prio, msg);
         }

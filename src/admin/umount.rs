@@ -79,7 +79,7 @@ fn unmount_busy_patiently(path: &Path) -> std::io::Result<()> {
     let deadline = Instant::now() + BUSY_WAIT;
     loop {
         match unmount_now(path) {
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+            Err(e) if sys::errno(&e) == Some(sys::Errno::EBUSY) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
             other => return other,
@@ -89,7 +89,7 @@ fn unmount_busy_patiently(path: &Path) -> std::io::Result<()> {
 
 fn unmount_now(path: &Path) -> std::io::Result<()> {
     if sys::geteuid() == 0 {
-        return sys::umount(path, 0);
+        return sys::umount(path);
     }
     let out = std::process::Command::new("fusermount3")
         .arg("-u")

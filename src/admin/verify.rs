@@ -122,7 +122,7 @@ pub fn verify(path: &Path) -> Result<Verified> {
         match sys::open_beneath(
             root.as_fd(),
             rel.as_os_str(),
-            libc::O_RDONLY | libc::O_DIRECTORY,
+            sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY,
         ) {
             Ok(fd) => m.check(fd.as_fd()),
             Err(e) => m.problem(rel.clone(), format!("cannot open: {e}")),
@@ -195,7 +195,7 @@ impl MailboxCheck<'_> {
         let at = self.rel.join(OsStr::from_bytes(sub));
         match sys::open_dir_at(dir, OsStr::from_bytes(sub)) {
             Ok(fd) => Some(fd),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            Err(e) if sys::errno(&e) == Some(sys::Errno::ENOENT) => {
                 self.problem(at, "missing".to_owned());
                 None
             }
@@ -234,8 +234,8 @@ impl MailboxCheck<'_> {
                     continue;
                 }
             };
-            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            if sys::FileKind::of_mode(st.st_mode) != sys::FileKind::Regular {
+                if sys::FileKind::of_mode(st.st_mode) != sys::FileKind::Symlink {
                     self.problem(path, "not a regular file".to_owned());
                 }
                 continue;
@@ -358,10 +358,10 @@ fn show(rel: &Path) -> String {
 fn read_file(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
     let (fd, st) = match sys::open_untrusted(dir, OsStr::from_bytes(name)) {
         Ok(opened) => opened,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) if sys::errno(&e) == Some(sys::Errno::ENOENT) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    if sys::FileKind::of_mode(st.st_mode) != sys::FileKind::Regular {
         return Err(std::io::Error::other("not a regular file"));
     }
     let mut bytes = Vec::new();

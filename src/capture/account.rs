@@ -393,7 +393,7 @@ fn capture_account_with(
     let account_fd = sys::open_beneath(
         root,
         account.root.as_os_str(),
-        libc::O_RDONLY | libc::O_DIRECTORY,
+        sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY,
     );
     // Where a control tree is in use, the locks and control files are there; a place that
     // cannot be found or opened leaves the account without locks (or fails it, strictly).
@@ -417,9 +417,13 @@ fn capture_account_with(
             (Ok(base), Ok(below)) => sys::open_beneath(
                 base.as_fd(),
                 below.as_os_str(),
-                libc::O_RDONLY | libc::O_DIRECTORY,
+                sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY,
             ),
-            _ => sys::open_beneath(root, rel.as_os_str(), libc::O_RDONLY | libc::O_DIRECTORY),
+            _ => sys::open_beneath(
+                root,
+                rel.as_os_str(),
+                sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY,
+            ),
         };
         watch.beat();
         let control = if places.template().is_none() {
@@ -640,7 +644,7 @@ const DIR_BYTES_PER_MESSAGE: usize = 80;
 /// About how many messages the mailboxes of `account` hold (to see whether it fits in the
 /// working set before it is captured): within a factor of two on ext4, never listing.
 pub fn likely_messages(root: BorrowedFd<'_>, account: &Account) -> usize {
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let flags = sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY;
     account
         .mailboxes
         .iter()
@@ -665,7 +669,7 @@ fn dir_bytes(mailbox: BorrowedFd<'_>) -> usize {
 /// the locks waits for an RCU grace period at each doubling, and stalls every other thread's
 /// opens too.
 pub fn expected_entries_all(root: BorrowedFd<'_>, accounts: &[Account]) -> usize {
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let flags = sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY;
     accounts
         .iter()
         .flat_map(|a| &a.mailboxes)
@@ -958,7 +962,7 @@ fn pin_listed(
     let started = Instant::now();
     for (in_cur, fd, list) in [(false, new, &mut m.new), (true, cur, &mut m.cur)] {
         let Some(fd) = fd else { continue };
-        for l in list.iter_mut().filter(|l| l.d_type != libc::DT_LNK) {
+        for l in list.iter_mut().filter(|l| l.d_type != sys::DT_LNK) {
             if watch.revoked() {
                 break;
             }
@@ -977,7 +981,7 @@ fn pin_listed(
         return;
     };
     for _ in 0..RELISTS {
-        let unpinned = |l: &&mut Listed| l.pin.is_none() && l.d_type != libc::DT_LNK;
+        let unpinned = |l: &&mut Listed| l.pin.is_none() && l.d_type != sys::DT_LNK;
         if budget.exhausted()
             || watch.revoked()
             || !m
@@ -1114,7 +1118,7 @@ impl PrePinned {
             let now = sys::lstat_at(dir, OsStr::from_bytes(name));
             match (files.iter().find(|f| f.name == name), now) {
                 (Some(f), Ok(st)) => same_version(&f.stat, &st) && quiet.holds(&st),
-                (None, Err(e)) => e.raw_os_error() == Some(libc::ENOENT),
+                (None, Err(e)) => sys::errno(&e) == Some(sys::Errno::ENOENT),
                 _ => false,
             }
         });
@@ -1254,7 +1258,7 @@ fn pre_listing(
     }
     for (fd, list) in [(&new, &mut n), (&cur, &mut c)] {
         let Some(fd) = fd else { continue };
-        for l in list.iter_mut().filter(|l| l.d_type != libc::DT_LNK) {
+        for l in list.iter_mut().filter(|l| l.d_type != sys::DT_LNK) {
             if budget.exhausted() || watch.revoked() {
                 break;
             }
@@ -1324,11 +1328,18 @@ fn open_messages_dir(
 ) -> Result<Option<OwnedFd>> {
     match sys::open_dir_at(mailbox, OsStr::from_bytes(sub)) {
         Ok(fd) => Ok(Some(fd)),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Err(Error::io(
-            "cannot open",
-            path.join(OsStr::from_bytes(sub)),
-            e,
-        )),
+        Err(e)
+            if matches!(
+                sys::errno(&e),
+                Some(sys::Errno::ENOENT | sys::Errno::ENOTDIR)
+            ) =>
+        {
+            Err(Error::io(
+                "cannot open",
+                path.join(OsStr::from_bytes(sub)),
+                e,
+            ))
+        }
         Err(e) => {
             log::warn!(
                 "cannot open {}: {e}; shown empty",
@@ -1368,7 +1379,7 @@ fn stamp_of(st: &sys::Stat) -> DirStamp {
 /// The stamp of the directory `sub` of `mailbox` by its name, if it is a directory.
 fn dir_stamp_at(mailbox: BorrowedFd<'_>, sub: &[u8]) -> Option<DirStamp> {
     let st = sys::lstat_at(mailbox, OsStr::from_bytes(sub)).ok()?;
-    (st.st_mode & libc::S_IFMT == libc::S_IFDIR).then(|| stamp_of(&st))
+    (sys::FileKind::of_mode(st.st_mode) == sys::FileKind::Directory).then(|| stamp_of(&st))
 }
 
 /// The entries of a `new/` or `cur/` that the image shows (no dotfiles, no directories).
@@ -1380,9 +1391,7 @@ fn list_messages(fd: &Option<OwnedFd>, path: &Path, watch: &Watch) -> Result<Vec
         .map_err(|e| Error::io("cannot list", path, e))?;
     Ok(entries
         .into_iter()
-        .filter(|e| {
-            !names::is_hidden(&e.name, Place::MessageDir, false) && e.d_type != libc::DT_DIR
-        })
+        .filter(|e| !names::is_hidden(&e.name, Place::MessageDir, false) && e.d_type != sys::DT_DIR)
         .map(|e| Listed {
             name: e.name,
             ino: e.ino,
@@ -1538,16 +1547,20 @@ fn read_once(
 ) -> std::io::Result<Read> {
     let (fd, before) = match sys::open_untrusted(dir, OsStr::from_bytes(name)) {
         Ok(opened) => opened,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Read::Absent),
+        Err(e) if sys::errno(&e) == Some(sys::Errno::ENOENT) => {
+            return Ok(Read::Absent);
+        }
         // A socket cannot be opened at all.
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(Read::Special("a socket")),
+        Err(e) if sys::errno(&e) == Some(sys::Errno::ENXIO) => {
+            return Ok(Read::Special("a socket"));
+        }
         Err(e) => return Err(e),
     };
-    match before.st_mode & libc::S_IFMT {
-        libc::S_IFREG => {}
-        libc::S_IFIFO => return Ok(Read::Special("a FIFO")),
-        libc::S_IFDIR => return Ok(Read::Special("a directory")),
-        libc::S_IFSOCK => return Ok(Read::Special("a socket")),
+    match sys::FileKind::of_mode(before.st_mode) {
+        sys::FileKind::Regular => {}
+        sys::FileKind::Fifo => return Ok(Read::Special("a FIFO")),
+        sys::FileKind::Directory => return Ok(Read::Special("a directory")),
+        sys::FileKind::Socket => return Ok(Read::Special("a socket")),
         _ => return Ok(Read::Special("a device")),
     }
     let size = before.st_size.max(0) as u64;
@@ -1754,7 +1767,7 @@ mod tests {
         Listed {
             name: name.as_bytes().to_vec(),
             ino: 1,
-            d_type: libc::DT_REG,
+            d_type: sys::DT_REG,
             pin: None,
         }
     }

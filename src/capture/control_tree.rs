@@ -109,13 +109,13 @@ impl ControlPlaces {
         match sys::open_beneath(
             base_fd,
             below.as_os_str(),
-            libc::O_RDONLY | libc::O_DIRECTORY,
+            sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY,
         ) {
             Ok(fd) => Ok(Some(AccountControl {
                 fd: Arc::new(fd),
                 path,
             })),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            Err(e) if sys::errno(&e) == Some(sys::Errno::ENOENT) => {
                 log::debug!(
                     "{} has no control directory {} yet",
                     crate::error::escape_path(&account_dir),
@@ -137,7 +137,7 @@ impl AccountControl {
         match sys::open_beneath(
             self.fd.as_fd(),
             rel.as_os_str(),
-            libc::O_RDONLY | libc::O_DIRECTORY,
+            sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY,
         ) {
             Ok(fd) => Ok(Some(ControlDir {
                 fd: Arc::new(fd),
@@ -147,7 +147,7 @@ impl AccountControl {
                     .is_empty()
                     .then(|| (self.fd.clone(), self.path.clone())),
             })),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) if sys::errno(&e) == Some(sys::Errno::ENOENT) => Ok(None),
             Err(e) => Err(Error::io("cannot open control directory", &path, e)),
         }
     }

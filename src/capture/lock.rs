@@ -129,7 +129,7 @@ impl UidlistLock {
         for _ in 0..2 {
             match sys::create_excl_at(dir.as_fd(), name) {
                 Ok(fd) => return Self::finish(dir, path, fd, content).map(TryLock::Locked),
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                Err(e) if sys::errno(&e) == Some(sys::Errno::EEXIST) => {
                     match override_if_stale(dir, &path)? {
                         Staleness::Overridden => continue,
                         Staleness::Held(who) => return Ok(TryLock::Busy(who)),
@@ -170,7 +170,7 @@ impl UidlistLock {
                     };
                     return UidlistLock::hold(held, false).map(TryLock::Locked);
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                Err(e) if sys::errno(&e) == Some(sys::Errno::EEXIST) => {
                     match override_if_stale(dir, &path)? {
                         Staleness::Overridden => continue,
                         Staleness::Held(who) => {
@@ -290,7 +290,7 @@ impl Held {
         let shown = || crate::error::escape_path(&self.path);
         let ours = match sys::lstat_at(self.dir.as_fd(), OsStr::new(UIDLIST_LOCK)) {
             Ok(st) => st.st_dev == self.dev && st.st_ino == self.ino,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+            Err(e) if sys::errno(&e) == Some(sys::Errno::ENOENT) => false,
             Err(e) => {
                 log::warn!("cannot check our lock {}: {e}; still held", shown());
                 return Outcome::Failed;
@@ -309,7 +309,7 @@ impl Held {
         match sys::unlink_at(self.dir.as_fd(), OsStr::new(UIDLIST_LOCK)) {
             Ok(()) => Outcome::Removed,
             // Removed between our check and our unlink: it was ours until then, and is gone.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Outcome::NotOurs,
+            Err(e) if sys::errno(&e) == Some(sys::Errno::ENOENT) => Outcome::NotOurs,
             Err(e) => {
                 log::warn!("cannot remove our lock {}: {e}", shown());
                 Outcome::Failed
@@ -380,10 +380,12 @@ fn override_if_stale(dir: &Arc<OwnedFd>, path: &Path) -> Result<Staleness> {
     let st = match sys::lstat_at(dir.as_fd(), name) {
         Ok(st) => st,
         // Released between our create and our look: free now.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Staleness::Overridden),
+        Err(e) if sys::errno(&e) == Some(sys::Errno::ENOENT) => {
+            return Ok(Staleness::Overridden);
+        }
         Err(e) => return Err(Error::io("cannot stat lock", path, e)),
     };
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    if sys::FileKind::of_mode(st.st_mode) != sys::FileKind::Regular {
         // Something planted in the lock's place (a FIFO, a directory): no dotlock can ever be
         // taken there, and it is never ours to remove or open.
         return Err(Error::msg(
@@ -447,8 +449,8 @@ pub fn parse_holder(content: &[u8]) -> Option<(i32, String)> {
 /// since the `lstat` from blocking the open (and us, with other locks of the account held).
 fn read_small(dir: &Arc<OwnedFd>, name: &OsStr) -> std::io::Result<Vec<u8>> {
     let (fd, st) = sys::open_untrusted(dir.as_fd(), name)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    if sys::FileKind::of_mode(st.st_mode) != sys::FileKind::Regular {
+        return Err(std::io::Error::from(sys::Errno::EINVAL));
     }
     let mut buf = Vec::new();
     std::io::Read::read_to_end(

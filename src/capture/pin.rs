@@ -187,7 +187,7 @@ impl PinBudget {
         self.left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .ok()?;
-        match sys::pin_at(dir, name, d_type == libc::DT_REG) {
+        match sys::pin_at(dir, name, d_type == sys::DT_REG) {
             Ok(fd) => {
                 self.in_use.fetch_add(1, Ordering::Relaxed);
                 Some(Pin {

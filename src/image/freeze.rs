@@ -152,7 +152,11 @@ pub fn freeze(
     let base_fd = if base.as_os_str().is_empty() {
         root.try_clone_to_owned()
     } else {
-        sys::open_beneath(root, base.as_os_str(), libc::O_RDONLY | libc::O_DIRECTORY)
+        sys::open_beneath(
+            root,
+            base.as_os_str(),
+            sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY,
+        )
     }
     .map_err(|e| Error::io("cannot open", source.join(&base), e))?;
     let base_st =
@@ -420,7 +424,12 @@ impl<'a> Freezer<'a> {
             && matches!(p.role, Role::Plain)
             && !self.is_base(&p)
             && self.selection.visibility(&p.rel) != Visibility::Ancestor;
-        let flags = libc::O_DIRECTORY | if probe { libc::O_PATH } else { libc::O_RDONLY };
+        let flags = sys::OFlag::O_DIRECTORY
+            | if probe {
+                sys::OFlag::O_PATH
+            } else {
+                sys::OFlag::O_RDONLY
+            };
         let mut opened = match (&self.base_fd, &p.parent, p.rel.file_name()) {
             (Some(base), ..) if p.node == NodeIdx::ROOT => base.try_clone(),
             (_, Some(parent), Some(name)) => sys::open_beneath(parent.fd.as_fd(), name, flags),
@@ -436,7 +445,7 @@ impl<'a> Freezer<'a> {
                 opened = sys::openat(
                     place.as_fd(),
                     OsStr::new("."),
-                    libc::O_RDONLY | libc::O_DIRECTORY,
+                    sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY,
                 );
             }
         }
@@ -447,7 +456,12 @@ impl<'a> Freezer<'a> {
             }
             // Out of fds is no property of this directory: showing it empty would drop what
             // is below it (accounts, in a skeleton) without a word.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            Err(e)
+                if matches!(
+                    sys::errno(&e),
+                    Some(sys::Errno::EMFILE | sys::Errno::ENFILE)
+                ) =>
+            {
                 return Err(Error::io("cannot open", self.source.join(&p.rel), e));
             }
             Err(e) => {
@@ -602,14 +616,14 @@ impl<'a> Freezer<'a> {
                 Err(e) => {
                     let rel = p.rel.join(OsStr::from_bytes(&name));
                     log::warn!("cannot stat {}: {e}; left out", self.show(&rel));
-                    if e.raw_os_error() != Some(libc::ENOENT) {
+                    if sys::errno(&e) != Some(sys::Errno::ENOENT) {
                         self.report.unreadable.push(rel);
                     }
                     continue;
                 }
             };
             if special {
-                if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                if sys::FileKind::of_mode(st.st_mode) != sys::FileKind::Directory {
                     continue;
                 }
                 let role = if name == names::TMP {
@@ -625,7 +639,9 @@ impl<'a> Freezer<'a> {
             }
             // A directory's link count is 2 and one per subdirectory (where the filesystem
             // counts them: not btrfs, which says 1).
-            if st.st_mode & libc::S_IFMT == libc::S_IFDIR && matches!(st.st_nlink, 2 | 3) {
+            if sys::FileKind::of_mode(st.st_mode) == sys::FileKind::Directory
+                && matches!(st.st_nlink, 2 | 3)
+            {
                 few_subdirs.insert(name.clone());
             }
             if let Some(n) = self.new_node(dir, &p.rel, name, &st, pin) {
@@ -852,7 +868,7 @@ impl<'a> Freezer<'a> {
         name: &[u8],
         d_type: u8,
     ) -> std::io::Result<(sys::Stat, Option<Pin>)> {
-        if d_type == libc::DT_REG {
+        if d_type == sys::DT_REG {
             if let Some(pin) = self.budget.pin(dir, OsStr::from_bytes(name), d_type) {
                 let st = sys::fstat(pin.as_fd())?;
                 return Ok((st, Some(pin)));
@@ -896,11 +912,11 @@ impl<'a> Freezer<'a> {
         st: &sys::Stat,
         pin: Option<Pin>,
     ) -> Option<NewNode> {
-        let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let regular = sys::FileKind::of_mode(st.st_mode) == sys::FileKind::Regular;
         // Only regular files keep a pin; another gives its budget back as it drops.
         let pin = pin.filter(|_| regular);
-        let kind = match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR => {
+        let kind = match sys::FileKind::of_mode(st.st_mode) {
+            sys::FileKind::Directory => {
                 if st.st_dev != self.dev {
                     let path = rel.join(OsStr::from_bytes(&name));
                     log::warn!(
@@ -912,11 +928,11 @@ impl<'a> Freezer<'a> {
                 }
                 NewKind::Dir
             }
-            libc::S_IFREG => {
+            sys::FileKind::Regular => {
                 self.totals.bytes += st.st_size as u64;
                 NewKind::File(NewContent::Source)
             }
-            libc::S_IFLNK => match sys::readlink_at(dir, OsStr::from_bytes(&name)) {
+            sys::FileKind::Symlink => match sys::readlink_at(dir, OsStr::from_bytes(&name)) {
                 Ok(target) => NewKind::Symlink(target),
                 Err(e) => {
                     log::warn!(
@@ -965,12 +981,14 @@ impl<'a> Freezer<'a> {
                 continue;
             };
             let name = l.name;
-            let kind = match st.st_mode & libc::S_IFMT {
-                libc::S_IFREG => NewKind::File(NewContent::Message),
-                libc::S_IFLNK => match dir.map(|d| sys::readlink_at(d, OsStr::from_bytes(&name))) {
-                    Some(Ok(t)) => NewKind::Symlink(t),
-                    _ => continue,
-                },
+            let kind = match sys::FileKind::of_mode(st.st_mode) {
+                sys::FileKind::Regular => NewKind::File(NewContent::Message),
+                sys::FileKind::Symlink => {
+                    match dir.map(|d| sys::readlink_at(d, OsStr::from_bytes(&name))) {
+                        Some(Ok(t)) => NewKind::Symlink(t),
+                        _ => continue,
+                    }
+                }
                 _ => {
                     // Not served (its pin, if any, gives its budget back as it drops).
                     self.report.special_files += 1;
@@ -1030,7 +1048,7 @@ impl<'a> Freezer<'a> {
         }
         match sys::lstat_at(dir, OsStr::from_bytes(&l.name)) {
             Ok(st) => Some((st, None)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            Err(e) if sys::errno(&e) == Some(sys::Errno::ENOENT) => {
                 let found = self.find_renamed(mailbox, l);
                 if found.is_none() {
                     log::warn!(
@@ -1052,7 +1070,7 @@ impl<'a> Freezer<'a> {
     /// same base name), and pins it. A client renaming without a lock can move it again while
     /// we look, so the directories are read up to `RELISTS` times.
     fn find_renamed(&self, mailbox: &Path, l: &Listed) -> Option<(sys::Stat, Option<Pin>)> {
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let flags = sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY;
         let mfd = sys::open_beneath(self.root, mailbox.as_os_str(), flags).ok()?;
         let new = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(names::NEW)).ok()?;
         let cur = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(names::CUR)).ok()?;

@@ -27,6 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::capture::pin::PinBudget;
 use crate::error::escape_path;
 use crate::image::snapshot::{Ino, NodeIdx, Snapshot};
+use crate::sys::Errno;
 
 /// An account's number: its position in discovery order.
 pub type AccountId = u32;
@@ -99,7 +100,7 @@ pub struct Evicted {
 pub type EvictHook = Box<dyn Fn(Evicted) + Send + Sync>;
 
 /// What a request waiting for an account is given: its snapshot, or the errno to fail with.
-pub type Waiter = Box<dyn FnOnce(Result<Arc<Snapshot>, i32>) + Send>;
+pub type Waiter = Box<dyn FnOnce(Result<Arc<Snapshot>, Errno>) + Send>;
 
 enum State {
     /// Not in the working set (never captured, or evicted).
@@ -108,7 +109,7 @@ enum State {
     Capturing(Vec<Waiter>),
     Ready(Arc<Snapshot>),
     /// Its capture failed: requests in it fail with this errno.
-    Failed(i32),
+    Failed(Errno),
 }
 
 struct Slot {
@@ -250,7 +251,7 @@ impl View {
         for id in failed {
             if let Some(slot) = view.slots.get(id as usize) {
                 slot.captures.store(1, Ordering::Relaxed);
-                *slot.state.lock() = State::Failed(libc::EIO);
+                *slot.state.lock() = State::Failed(Errno::EIO);
             }
         }
         view
@@ -299,7 +300,7 @@ impl View {
 
     /// The node a node id names now: in the skeleton (which holds the account directories
     /// themselves), or in a captured account. `ESTALE` for any other.
-    pub fn node(&self, ino: Ino) -> Result<At, i32> {
+    pub fn node(&self, ino: Ino) -> Result<At, Errno> {
         if let Some(idx) = self.skeleton.resolve(ino) {
             return Ok(At {
                 snap: Arc::clone(&self.skeleton),
@@ -320,7 +321,7 @@ impl View {
                 }
             }
         }
-        Err(libc::ESTALE)
+        Err(Errno::ESTALE)
     }
 
     /// The node id of a node's parent in the view: an account's root's parent is in the
@@ -362,7 +363,7 @@ impl View {
     /// capture thread has captured it (requests for one account share one capture).
     pub fn with_account(self: &Arc<Self>, id: AccountId, then: Waiter) {
         let Some(slot) = self.slots.get(id as usize) else {
-            return then(Err(libc::EIO));
+            return then(Err(Errno::EIO));
         };
         let mut state = slot.state.lock();
         match &mut *state {
@@ -418,7 +419,7 @@ impl View {
 
     /// [`View::with_account`], waiting here for the answer (tests, and callers off the FUSE
     /// threads).
-    pub fn account(self: &Arc<Self>, id: AccountId) -> Result<Arc<Snapshot>, i32> {
+    pub fn account(self: &Arc<Self>, id: AccountId) -> Result<Arc<Snapshot>, Errno> {
         let (tx, rx) = std::sync::mpsc::channel();
         self.with_account(
             id,
@@ -426,7 +427,7 @@ impl View {
                 let _ = tx.send(r);
             }),
         );
-        rx.recv().unwrap_or(Err(libc::EIO))
+        rx.recv().unwrap_or(Err(Errno::EIO))
     }
 
     /// The counters now.
@@ -517,7 +518,7 @@ impl View {
                 q.1 -= 1;
                 q.0.retain(|&queued| queued != id);
             }
-            self.install(id, Err(libc::EAGAIN));
+            self.install(id, Err(Errno::EAGAIN));
         }
     }
 
@@ -545,14 +546,14 @@ impl View {
                 Ok(Ok(image)) => Ok(image),
                 Ok(Err(e)) => {
                     log::warn!("{e}; the account fails with EIO in the view");
-                    Err(libc::EIO)
+                    Err(Errno::EIO)
                 }
                 Err(_) => {
                     log::error!(
                         "the capture of {} failed (panic); the account fails with EIO in the view",
                         escape_path(&slot.root)
                     );
-                    Err(libc::EIO)
+                    Err(Errno::EIO)
                 }
             };
             self.install(id, image);
@@ -561,7 +562,7 @@ impl View {
 
     /// Puts a finished capture in the working set (or the failure in the slot) and answers
     /// the requests that waited for it.
-    fn install(&self, id: AccountId, image: Result<AccountImage, i32>) {
+    fn install(&self, id: AccountId, image: Result<AccountImage, Errno>) {
         let slot = &self.slots[id as usize];
         let result = image.map(|image| {
             if image.unlocked.is_some() {
@@ -773,7 +774,9 @@ mod tests {
                     name: format!("m{f}").into_bytes(),
                     kind: NewKind::File(NewContent::Message),
                     attr: attr((self.ino)(id, f, epoch), 10, 1000),
-                    pin: self.budget.pin(dir.as_fd(), "file".as_ref(), libc::DT_REG),
+                    pin: self
+                        .budget
+                        .pin(dir.as_fd(), "file".as_ref(), crate::sys::DT_REG),
                 })
                 .collect();
             b.add_children(NodeIdx::ROOT, children);
@@ -917,7 +920,7 @@ mod tests {
         };
         let a_dir = std::fs::metadata(t.path().join("a")).unwrap().ino();
         assert_eq!(v.parent_ino(&root), Ino(a_dir));
-        assert_eq!(v.node(Ino(u64::MAX / 4)).unwrap_err(), libc::ESTALE);
+        assert_eq!(v.node(Ino(u64::MAX / 4)).unwrap_err(), Errno::ESTALE);
     }
 
     #[test]
@@ -1045,7 +1048,7 @@ mod tests {
             })
         );
         assert_eq!(v.skeleton().ino_of(a_dir), ino("a/Maildir"));
-        assert_eq!(v.node(message).unwrap_err(), libc::ESTALE);
+        assert_eq!(v.node(message).unwrap_err(), Errno::ESTALE);
         // Needed again: captured again, at a new instant, and its files served again.
         let again = v.account(a_id).unwrap();
         assert_eq!(again.epoch, 2);
@@ -1092,8 +1095,8 @@ mod tests {
     fn a_failed_capture_is_not_tried_again() {
         let (v, fake) = view(2, 1, 10, Duration::ZERO, stable);
         // The fake fails the last account.
-        assert_eq!(v.account(1).unwrap_err(), libc::EIO);
-        assert_eq!(v.account(1).unwrap_err(), libc::EIO);
+        assert_eq!(v.account(1).unwrap_err(), Errno::EIO);
+        assert_eq!(v.account(1).unwrap_err(), Errno::EIO);
         assert_eq!(*fake.captures.lock(), [(1, 1)]);
         let n = v.counts();
         assert_eq!((n.failed, n.captured, n.never), (1, 0, 1));
@@ -1107,7 +1110,7 @@ mod tests {
         // The account directory is the skeleton's; its files are not known yet.
         let dir = v.node(Ino(100)).unwrap();
         assert_eq!(v.deferred(&dir), Some(0));
-        assert_eq!(v.node(Ino(1000)).unwrap_err(), libc::ESTALE);
+        assert_eq!(v.node(Ino(1000)).unwrap_err(), Errno::ESTALE);
         let a0 = v.account(0).unwrap();
         assert_eq!(a0.epoch, 1);
         assert_eq!(a0.totals.pinned, 6);
@@ -1135,10 +1138,10 @@ mod tests {
                 name: b"a0".to_vec()
             }]
         );
-        assert_eq!(v.node(Ino(1000)).unwrap_err(), libc::ESTALE);
+        assert_eq!(v.node(Ino(1000)).unwrap_err(), Errno::ESTALE);
         assert_eq!(v.node(Ino(2000)).map(|a| a.idx), Ok(NodeIdx(1)));
         // A failed capture makes the account fail, and is counted.
-        assert_eq!(v.account(3).unwrap_err(), libc::EIO);
+        assert_eq!(v.account(3).unwrap_err(), Errno::EIO);
         let c = v.counts();
         // Captured, never, evicted, held, failed: the failed one is not counted as captured.
         assert_eq!(
@@ -1195,7 +1198,7 @@ mod tests {
         assert!(wait(&|| fake.captures.lock().len() == 4));
         assert!(wait(&|| matches!(*v.slots[3].state.lock(), State::Idle)));
         assert_eq!(v.counts().failed, 0);
-        assert_eq!(v.account(3).unwrap_err(), libc::EIO);
+        assert_eq!(v.account(3).unwrap_err(), Errno::EIO);
         assert_eq!(v.counts().failed, 1);
     }
 
@@ -1234,6 +1237,6 @@ mod tests {
         assert!(Arc::ptr_eq(&at.snap, &a0));
         drop((a0, at));
         v.evict(0);
-        assert_eq!(v.node(Ino(7)).unwrap_err(), libc::ESTALE);
+        assert_eq!(v.node(Ino(7)).unwrap_err(), Errno::ESTALE);
     }
 }

@@ -90,7 +90,7 @@ pub fn discover_account(
     selection: &Selection,
 ) -> Result<Option<Account>> {
     let mut walk = Walk::new(root, source, exclude_indexes, selection)?;
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let flags = sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY;
     let dir = if rel.as_os_str().is_empty() {
         root.try_clone_to_owned()
     } else {
@@ -270,7 +270,7 @@ pub fn is_mailbox(dir: BorrowedFd<'_>, entries: &[sys::DirEntry]) -> bool {
 pub fn has_mailbox_dirs(dir: BorrowedFd<'_>) -> bool {
     let is_dir = |name: &[u8]| {
         sys::lstat_at(dir, OsStr::from_bytes(name))
-            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .is_ok_and(|st| sys::FileKind::of_mode(st.st_mode) == sys::FileKind::Directory)
     };
     is_dir(names::CUR) && is_dir(names::NEW)
 }
@@ -282,7 +282,7 @@ pub fn holds_inbox_folder(dir: BorrowedFd<'_>) -> bool {
     sys::openat(
         dir,
         OsStr::from_bytes(INBOX_FOLDER),
-        libc::O_PATH | libc::O_DIRECTORY,
+        sys::OFlag::O_PATH | sys::OFlag::O_DIRECTORY,
     )
     .is_ok_and(|inbox| has_mailbox_dirs(inbox.as_fd()))
 }
@@ -306,9 +306,9 @@ pub fn is_account_root(dir: BorrowedFd<'_>) -> bool {
 /// fill it, from `lstat`.
 pub fn entry_is_dir(dir: BorrowedFd<'_>, entry: &sys::DirEntry) -> bool {
     match entry.d_type {
-        libc::DT_DIR => true,
-        libc::DT_UNKNOWN => sys::lstat_at(dir, OsStr::from_bytes(&entry.name))
-            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        sys::DT_DIR => true,
+        sys::DT_UNKNOWN => sys::lstat_at(dir, OsStr::from_bytes(&entry.name))
+            .map(|st| sys::FileKind::of_mode(st.st_mode) == sys::FileKind::Directory)
             .unwrap_or(false),
         _ => false,
     }

@@ -33,6 +33,7 @@ use crate::image::view::{Evicted, View};
 use crate::serve::readahead::{PageStore, ReadAhead};
 use crate::serve::served::{Entry, FileKey, Served};
 use crate::serve::source::{Opened, Source};
+use crate::sys;
 
 /// How long the kernel may cache entries, attributes and negative lookups: a captured account
 /// does not change until it leaves the working set, and then the kernel is told; one day
@@ -287,7 +288,7 @@ impl Filesystem for MaildirFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & sys::OFlag::O_TRUNC.bits() != 0 {
             return reply.error(Errno::EROFS);
         }
         if self.read_path.get() != ReadPath::Passthrough {

@@ -15,6 +15,7 @@ use crate::image::snapshot::{Ino, Kind, NodeIdx, Snapshot};
 use crate::image::view::{At, View};
 use crate::serve::readahead::ReadAhead;
 use crate::serve::source::{self, Opened, Source};
+use crate::sys;
 
 /// Open fds kept for reads without a handle (no-open mode). Readers go through a tree file
 /// by file, so a few dozen are plenty; the fd budget keeps room for them (`pin::RESERVE`).
@@ -95,7 +96,7 @@ impl Served {
 
     /// The node with node id `ino`.
     pub fn node(&self, ino: Ino) -> Result<At, Errno> {
-        self.view.node(ino).map_err(Errno::from_i32)
+        self.view.node(ino).map_err(errno)
     }
 
     /// The attributes of `ino`, as captured (of its account's root, once captured).
@@ -151,7 +152,7 @@ impl Served {
                             let idx = NodeIdx::ROOT;
                             (At { snap, idx }, parent)
                         })
-                        .map_err(Errno::from_i32),
+                        .map_err(errno),
                     )
                 }),
             ),
@@ -280,6 +281,11 @@ impl Listing {
         };
         Some(entry(&view.shown(at)))
     }
+}
+
+/// The view's error as FUSE's.
+fn errno(e: sys::Errno) -> Errno {
+    Errno::from_i32(e as i32)
 }
 
 fn entry(at: &At) -> Entry {

@@ -128,14 +128,14 @@ impl Source {
                 return Err(Error::io(
                     "cannot open",
                     snap.rel_path(idx),
-                    errno(libc::EISDIR),
+                    errno(sys::Errno::EISDIR),
                 ));
             }
             Kind::Symlink(_) => {
                 return Err(Error::io(
                     "cannot open",
                     snap.rel_path(idx),
-                    errno(libc::ELOOP),
+                    errno(sys::Errno::ELOOP),
                 ));
             }
         };
@@ -186,7 +186,7 @@ impl Source {
                 }
             }
         }
-        let err = last.unwrap_or_else(|| errno(libc::ENOENT));
+        let err = last.unwrap_or_else(|| errno(sys::Errno::ENOENT));
         let path = self.path.join(snap.rel_path(idx));
         if !report {
             return Err(Error::io("cannot open", path, err));
@@ -203,7 +203,7 @@ impl Source {
                 escape_path(&path)
             );
         }
-        Err(Error::io("file vanished", path, errno(libc::ENOENT)))
+        Err(Error::io("file vanished", path, errno(sys::Errno::ENOENT)))
     }
 
     /// Counts and logs (once per file) an error other than the file being gone: the file is
@@ -262,9 +262,9 @@ impl Source {
         if st.st_dev != snap.source_dev
             || !ino_ok
             || !same_content
-            || st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || sys::FileKind::of_mode(st.st_mode) != sys::FileKind::Regular
         {
-            return Err(errno(libc::ESTALE));
+            return Err(errno(sys::Errno::ESTALE));
         }
         Ok(File::from(fd))
     }
@@ -324,7 +324,7 @@ impl Source {
         let base = base_name(snap.name(idx));
         let want_ino = snap.node(idx).attr.ino.0;
         let mbox_rel = snap.rel_path(mailbox);
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let flags = sys::OFlag::O_RDONLY | sys::OFlag::O_DIRECTORY;
         let mfd = sys::open_beneath(self.root.as_fd(), mbox_rel.as_os_str(), flags).ok()?;
         for sub in [names::CUR, names::NEW] {
             let Ok(dir) = sys::open_dir_at(mfd.as_fd(), OsStr::from_bytes(sub)) else {
@@ -398,11 +398,17 @@ pub fn read_at(opened: &Opened, len: u64, offset: u64, size: u32) -> std::io::Re
 /// but unreadable.
 fn is_gone(e: &std::io::Error) -> bool {
     matches!(
-        e.raw_os_error(),
-        Some(libc::ENOENT | libc::ESTALE | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+        sys::errno(e),
+        Some(
+            sys::Errno::ENOENT
+                | sys::Errno::ESTALE
+                | sys::Errno::ENOTDIR
+                | sys::Errno::ELOOP
+                | sys::Errno::EXDEV
+        )
     )
 }
 
-fn errno(code: i32) -> std::io::Error {
-    std::io::Error::from_raw_os_error(code)
+fn errno(code: sys::Errno) -> std::io::Error {
+    std::io::Error::from(code)
 }
